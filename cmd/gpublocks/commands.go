@@ -1,0 +1,173 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/gpublocks/gpublocks/cdi"
+	"github.com/gpublocks/gpublocks/config"
+	"github.com/gpublocks/gpublocks/daemon"
+	"github.com/gpublocks/gpublocks/demo"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func newServeCommand() *cobra.Command {
+	var o daemon.Options
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the node's GPUs to the kubelet and keep the CDI spec current",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := logContext(cmd)
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			logger := klog.FromContext(ctx)
+			logger.Info("Starting gpublocks", "version", version)
+			backend, err := daemon.OpenBackend(ctx, o)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = backend.Close() }()
+			d, err := daemon.New(ctx, o, backend)
+			if err != nil {
+				return err
+			}
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					d.Rescan()
+				}
+			}()
+			err = d.Run(ctx)
+			logger.Info("Stopped", "err", err)
+			return err
+		},
+	}
+	addServeFlags(cmd.Flags(), &o)
+	return cmd
+}
+
+func newInspectCommand() *cobra.Command {
+	var o daemon.Options
+	cmd := &cobra.Command{
+		Use:   "inspect",
+		Short: "Show the GPUs, their shapes, and the resources and devices serve would offer",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := logContext(cmd)
+			st, backend, err := computeOnce(ctx, o)
+			if err != nil {
+				return err
+			}
+			return st.WriteReport(cmd.OutOrStdout(), backend)
+		},
+	}
+	addDiscoveryFlags(cmd.Flags(), &o)
+	return cmd
+}
+
+func newCDICommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "cdi", Short: "CDI spec tools"}
+	var o daemon.Options
+	var output string
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Print (or write) the CDI spec that serve would write",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := logContext(cmd)
+			st, _, err := computeOnce(ctx, o)
+			if err != nil {
+				return err
+			}
+			if err := cdi.ValidateSpec(st.Spec); err != nil {
+				return err
+			}
+			data, err := cdi.Marshal(st.Spec)
+			if err != nil {
+				return err
+			}
+			if output == "" || output == "-" {
+				_, err = cmd.OutOrStdout().Write(data)
+				return err
+			}
+			return os.WriteFile(output, data, cdi.SpecFileMode)
+		},
+	}
+	addDiscoveryFlags(gen.Flags(), &o)
+	gen.Flags().StringVar(&output, "output", "-", "file to write, or - for standard output")
+	cmd.AddCommand(gen)
+	return cmd
+}
+
+func newDemoCommand() *cobra.Command {
+	var o demo.Options
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Serve simulated GPUs to a built-in kubelet stand-in and show what example containers receive",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return demo.Run(logContext(cmd), cmd.OutOrStdout(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.Simulate, "simulate", demo.DefaultPreset, "simulated hardware: a preset or a YAML file")
+	cmd.Flags().StringVar(&o.ConfigPath, "config", "", "config file or directory; default: the demo's own (GPUs 2-3 as blocks)")
+	return cmd
+}
+
+func newConfigCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Config tools"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "validate FILE|DIR",
+		Short: "Check a config file or a directory of named configs (exit 1 when invalid)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := os.Stat(args[0])
+			if err != nil {
+				return err
+			}
+			if !st.IsDir() {
+				if _, err := config.LoadFile(args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", args[0])
+				return nil
+			}
+			set, err := config.LoadDir(args[0])
+			if err != nil {
+				return err
+			}
+			for _, n := range set.Names() {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", set.Files[n])
+			}
+			return nil
+		},
+	})
+	return cmd
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			v := version
+			if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+				v = bi.Main.Version
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "gpublocks %s %s/%s %s\n", v, runtime.GOOS, runtime.GOARCH, runtime.Version())
+		},
+	}
+}

@@ -1,0 +1,24 @@
+package main
+
+import (
+	"github.com/spf13/pflag"
+
+	"github.com/gpublocks/gpublocks/daemon"
+)
+
+// addDiscoveryFlags registers the flags every command that looks at GPUs
+// shares (DESIGN §3).
+func addDiscoveryFlags(fs *pflag.FlagSet, o *daemon.Options) {
+	fs.StringVar(&o.ConfigPath, "config", "", "config file, or directory of named configs (a mounted ConfigMap); built-in defaults when empty")
+	fs.StringVar(&o.NodeName, "node-name", "", "this node's name, to read its gpublocks.io/config label (needs in-cluster API access)")
+	fs.StringVar(&o.DriverRoot, "driver-root", "/", "root holding the NVIDIA driver's libraries and tools")
+	fs.StringVar(&o.DevRoot, "dev-root", "/", "root holding dev/nvidia* and proc/driver/nvidia* (the host's /)")
+	fs.StringVar(&o.Simulate, "simulate", "", "use simulated GPUs: a preset (dgxa100, dgxh100, dgxa100-mig) or a YAML file")
+	fs.StringVar(&o.CDIDir, "cdi-dir", "/var/run/cdi", "directory for the CDI spec")
+}
+
+func addServeFlags(fs *pflag.FlagSet, o *daemon.Options) {
+	addDiscoveryFlags(fs, o)
+	fs.StringVar(&o.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9400", `address for /metrics, /healthz and /readyz; "" disables`)
+}

@@ -1,0 +1,88 @@
+package sim
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+
+	"github.com/gpublocks/gpublocks/gpu"
+	"github.com/gpublocks/gpublocks/gpu/migminors"
+)
+
+// Device majors of the simulated host. 195 is the NVIDIA driver's fixed
+// major; the UVM and capability majors are dynamic on a real host, so the
+// simulation picks fixed ones.
+const (
+	MajorNVIDIA = 195
+	MajorUVM    = 235
+	MajorCaps   = 236
+	// MinorCtl is nvidiactl's minor.
+	MinorCtl = 255
+)
+
+// Layout of the driver's mig-minors table: every GPU gets 15 GPU instances
+// (IDs 0..14) with 8 compute instances each, numbered after config (1) and
+// monitor (2).
+const (
+	migGIsPerGPU = 15
+	migCIsPerGI  = 8
+)
+
+// host answers gpu.Host from tables built with the simulation.
+type host struct {
+	nodes  map[string]gpu.DeviceNode
+	minors []byte
+}
+
+var _ gpu.Host = (*host)(nil)
+
+// newHost builds the device nodes and mig-minors table of a machine with
+// gpuCount GPUs, minors 0..gpuCount-1.
+func newHost(gpuCount int) *host {
+	h := &host{nodes: map[string]gpu.DeviceNode{}}
+	add := func(path string, major, minor uint32) {
+		h.nodes[path] = gpu.DeviceNode{Path: path, HostPath: path, Major: major, Minor: minor}
+	}
+	add("/dev/nvidiactl", MajorNVIDIA, MinorCtl)
+	add("/dev/nvidia-uvm", MajorUVM, 0)
+	add("/dev/nvidia-uvm-tools", MajorUVM, 1)
+	for i := range gpuCount {
+		add(fmt.Sprintf("/dev/nvidia%d", i), MajorNVIDIA, uint32(i))
+	}
+
+	var b bytes.Buffer
+	line := func(name string, n int) {
+		fmt.Fprintf(&b, "%s %d\n", name, n)
+		add(gpu.CapNodePath(n), MajorCaps, uint32(n))
+	}
+	line("config", 1)
+	line("monitor", 2)
+	n := 3
+	for g := range gpuCount {
+		for gi := range migGIsPerGPU {
+			line(migminors.GIAccessName(g, gi), n)
+			n++
+			for ci := range migCIsPerGI {
+				line(migminors.CIAccessName(g, gi, ci), n)
+				n++
+			}
+		}
+	}
+	h.minors = b.Bytes()
+	return h
+}
+
+// DeviceNode returns the simulated node at path, or an error wrapping
+// fs.ErrNotExist.
+func (h *host) DeviceNode(path string) (gpu.DeviceNode, error) {
+	n, ok := h.nodes[path]
+	if !ok {
+		return gpu.DeviceNode{}, &fs.PathError{Op: "stat", Path: path, Err: fs.ErrNotExist}
+	}
+	return n, nil
+}
+
+// MigCapMinors returns the generated mig-minors table.
+func (h *host) MigCapMinors() ([]byte, error) {
+	return bytes.Clone(h.minors), nil
+}

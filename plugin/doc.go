@@ -1,0 +1,69 @@
+// Package plugin is gpublocks' kubelet device-plugin framework. It knows the
+// kubelet's device-plugin API (v1beta1) and nothing about GPUs: anything that
+// implements Resource — a name, a device list, a way to choose devices and a
+// way to allocate them — can be served.
+//
+// # The pieces
+//
+// A Resource is an immutable snapshot of one kubelet resource name (for
+// example "nvidia.com/gpu" or "nvidia.com/mig-1g.10gb"). Nothing in a
+// Resource changes after it is built: a new layout, a new config or a device
+// turning unhealthy is a new Resource.
+//
+// A Manager owns one gRPC server per resource name, each on its own unix
+// socket in the kubelet's device-plugin directory (named by SocketName), and
+// registers each with the kubelet. The caller drives it with two calls:
+//
+//	m := plugin.NewManager(plugin.Options{PluginDir: "/var/lib/kubelet/device-plugins"})
+//	if err := m.Update(resources); err != nil { … } // before Run is fine
+//	go m.Run(ctx)                                 // until ctx is cancelled
+//	…
+//	m.Update(newResources)                        // after every change
+//
+// Update is the single entry point for change. It compares names with what
+// is served: new names get a socket and a registration, known names get the
+// new snapshot pushed to their ListAndWatch streams, and names that are no
+// longer given stay registered but advertise no devices. That last rule
+// matters: if a plugin closes its socket, the kubelet keeps counting the old
+// devices, as unhealthy, for five minutes, and a GPU that moved to another
+// resource (whole → blocks, say) would be counted twice.
+//
+// # What the kubelet sees
+//
+// Per resource, the kubelet gets GetDevicePluginOptions (preferred
+// allocation on, no PreStartContainer), a ListAndWatch stream that carries
+// the full device list at once and after every change (a stream that falls
+// behind skips to the newest list), GetPreferredAllocation and Allocate.
+// Both check the requested IDs against the current snapshot first: IDs the
+// resource does not offer, or the same ID twice, are refused with
+// codes.InvalidArgument and a message naming the IDs and the resource. The
+// Resource only ever sees well-formed requests.
+//
+// # Hot path
+//
+// Allocate and GetPreferredAllocation run while a pod is being admitted, so
+// they must cost about as much as an empty gRPC round trip. Handlers load
+// the snapshot through one atomic pointer, take no lock and do no I/O;
+// everything derived from the device list (the ID set, the ListAndWatch
+// message) is computed once, in Update. Resources are expected to do the
+// same with their Allocate responses.
+//
+// # Kubelet restarts
+//
+// When the kubelet starts it deletes every socket in the device-plugin
+// directory and creates kubelet.sock. The Manager watches the directory
+// (fsnotify, plus a periodic check as a safety net): a vanished plugin
+// socket is served again, and a new kubelet.sock makes every resource
+// register again, so the plugin never needs a restart. Registration retries
+// with exponential backoff (100 ms to 5 s by default) while the kubelet is
+// away, and logs every failed attempt. Registered and WaitRegistered report
+// when every resource is registered with the current kubelet, for a
+// readiness probe.
+//
+// # Errors
+//
+// Errors wrap one sentinel per failure class (ErrInvalidResource,
+// ErrUnknownDevice, ErrDuplicateDevice, ErrBadRequest, ErrAlreadyRunning).
+// Over gRPC, request errors arrive as codes.InvalidArgument; a Resource's
+// own gRPC status errors keep their code.
+package plugin

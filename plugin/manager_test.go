@@ -1,0 +1,228 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+const (
+	gpu = "example.com/gpu"
+	mig = "example.com/mig-1g.10gb"
+)
+
+func TestRegistration(t *testing.T) {
+	var mu sync.Mutex
+	hooked := map[string]int{}
+	e := newTestEnv(t, Options{OnRegistered: func(r string) {
+		mu.Lock()
+		defer mu.Unlock()
+		hooked[r]++
+	}})
+	// The first Update comes before Run, as in serve.
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0", "g1"), newTestResource(mig, "m0")}))
+	require.False(t, e.m.Registered(), "not registered before Run")
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+
+	got := k.registrations(t, 2, 2*time.Second)
+	for _, name := range []string{gpu, mig} {
+		want := &pluginapi.RegisterRequest{
+			Version:      pluginapi.Version,
+			Endpoint:     SocketName(name),
+			ResourceName: name,
+			Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
+		}
+		require.True(t, proto.Equal(want, got[name]), "want %v, got %v", want, got[name])
+		require.FileExists(t, e.socket(name))
+	}
+	require.Equal(t, "gpublocks-example_com_mig-1g_10gb.sock", SocketName(mig))
+	e.waitRegistered(t, 2*time.Second)
+	require.True(t, e.m.Registered())
+	mu.Lock()
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, hooked)
+	mu.Unlock()
+
+	opts, err := e.dial(t, gpu).GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
+	require.NoError(t, err)
+	require.True(t, opts.GetPreferredAllocationAvailable)
+	require.False(t, opts.PreStartRequired)
+
+	// A resource added while running registers too.
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0"), newTestResource("example.com/gpu-blocks", "b0")}))
+	require.Equal(t, "example.com/gpu-blocks", k.registrations(t, 1, 2*time.Second)["example.com/gpu-blocks"].ResourceName)
+	e.waitRegistered(t, 2*time.Second)
+}
+
+func TestRegistrationRetriesUntilKubeletStarts(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0")}))
+	e.run(t)
+	time.Sleep(300 * time.Millisecond)
+	require.False(t, e.m.Registered())
+	k := startKubelet(t, e.kubelet)
+	k.registrations(t, 1, 2*time.Second)
+	e.waitRegistered(t, 2*time.Second)
+}
+
+func TestListAndWatch(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	res := newTestResource(gpu, "g0", "g1")
+	require.NoError(t, e.m.Update([]Resource{res, newTestResource(mig, "m0")}))
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+	k.registrations(t, 2, 2*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := e.dial(t, gpu).ListAndWatch(ctx, &pluginapi.Empty{})
+	require.NoError(t, err)
+	next := func() []string {
+		t.Helper()
+		resp, err := stream.Recv()
+		require.NoError(t, err)
+		return ids(resp.Devices)
+	}
+	require.Equal(t, []string{"g0:Healthy", "g1:Healthy"}, next(), "initial snapshot")
+
+	require.NoError(t, e.m.Update([]Resource{res.unhealthy("g1"), newTestResource(mig, "m0")}))
+	require.Equal(t, []string{"g0:Healthy", "g1:Unhealthy"}, next(), "health change")
+
+	// Dropped from the layout: an empty list, still registered, still served.
+	require.NoError(t, e.m.Update([]Resource{newTestResource(mig, "m0")}))
+	require.Equal(t, []string{}, next(), "dropped resource")
+	require.FileExists(t, e.socket(gpu))
+	require.True(t, e.m.Registered())
+	k.noRegistration(t, 200*time.Millisecond)
+	_, err = e.dial(t, gpu).Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"g0"}}}})
+	requireInvalid(t, err, gpu, "g0")
+
+	// Back again.
+	require.NoError(t, e.m.Update([]Resource{res, newTestResource(mig, "m0")}))
+	require.Equal(t, []string{"g0:Healthy", "g1:Healthy"}, next(), "resource back")
+}
+
+func TestKubeletRestart(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+	k.registrations(t, 2, 2*time.Second)
+	e.waitRegistered(t, 2*time.Second)
+
+	// What a kubelet restart does: it goes away (kubelet.sock vanishes),
+	// the new one deletes every plugin socket, then listens again.
+	k.srv.Stop()
+	require.NoFileExists(t, e.kubelet)
+	entries, err := os.ReadDir(e.dir)
+	require.NoError(t, err)
+	for _, ent := range entries {
+		require.NoError(t, os.Remove(filepath.Join(e.dir, ent.Name())))
+	}
+	start := time.Now()
+	k2 := startKubelet(t, e.kubelet)
+	got := k2.registrations(t, 2, 2*time.Second)
+	require.Contains(t, got, gpu)
+	require.Contains(t, got, mig)
+	e.waitRegistered(t, 2*time.Second-time.Since(start))
+	t.Logf("re-registered %v after the new kubelet started", time.Since(start))
+	k2.noRegistration(t, 200*time.Millisecond) // once per resource, not once per event
+
+	stream, err := e.dial(t, gpu).ListAndWatch(context.Background(), &pluginapi.Empty{})
+	require.NoError(t, err)
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	require.Equal(t, []string{"g0:Healthy"}, ids(resp.Devices))
+}
+
+func TestOwnSocketDeleted(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+	k.registrations(t, 2, 2*time.Second)
+
+	require.NoError(t, os.Remove(e.socket(gpu)))
+	got := k.registrations(t, 1, 2*time.Second)
+	require.Contains(t, got, gpu, "only the resource that lost its socket registers again")
+	require.FileExists(t, e.socket(gpu))
+	k.noRegistration(t, 200*time.Millisecond)
+	_, err := e.dial(t, gpu).GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
+	require.NoError(t, err)
+}
+
+func TestRunStopsAndRemovesSockets(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+	k.registrations(t, 2, 2*time.Second)
+	e.waitRegistered(t, 2*time.Second)
+
+	require.ErrorIs(t, e.m.Run(context.Background()), ErrAlreadyRunning)
+
+	e.cancel()
+	select {
+	case err := <-e.done:
+		require.NoError(t, err)
+	case <-time.After(2 * time.Second):
+		require.FailNow(t, "Run did not return after cancel")
+	}
+	e.done <- nil // for the cleanup registered by run
+	require.NoFileExists(t, e.socket(gpu))
+	require.NoFileExists(t, e.socket(mig))
+	require.FileExists(t, e.kubelet, "the kubelet's socket is not ours to remove")
+	require.False(t, e.m.Registered())
+	// Update after Run is harmless.
+	require.NoError(t, e.m.Update(nil))
+}
+
+func TestUpdateRejectsInvalidResources(t *testing.T) {
+	long := "example.com/" + strings.Repeat("x", 120)
+	cases := map[string]struct {
+		first, update []Resource
+	}{
+		"nil resource":     {update: []Resource{nil}},
+		"no domain":        {update: []Resource{newTestResource("gpu", "g0")}},
+		"duplicate name":   {update: []Resource{newTestResource(gpu, "g0"), newTestResource(gpu, "g1")}},
+		"duplicate ID":     {update: []Resource{newTestResource(gpu, "g0", "g0")}},
+		"socket too long":  {update: []Resource{newTestResource(long, "g0")}},
+		"socket collision": {update: []Resource{newTestResource("example.com/a.b", "x"), newTestResource("example.com/a_b", "y")}},
+		"collides with dropped": {
+			first:  []Resource{newTestResource("example.com/a.b", "x")},
+			update: []Resource{newTestResource("example.com/a_b", "y")},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := newTestEnv(t, Options{})
+			require.NoError(t, e.m.Update(tc.first))
+			err := e.m.Update(tc.update)
+			require.ErrorIs(t, err, ErrInvalidResource)
+			// Nothing was applied.
+			e.m.mu.Lock()
+			require.Len(t, e.m.servers, len(tc.first))
+			e.m.mu.Unlock()
+		})
+	}
+}
+
+func TestRunFailsWithoutPluginDir(t *testing.T) {
+	f, err := os.CreateTemp("", "gb")
+	require.NoError(t, err)
+	f.Close()
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	m := NewManager(Options{PluginDir: filepath.Join(f.Name(), "sub")}) // parent is a file
+	err = m.Run(context.Background())
+	require.Error(t, err)
+	require.False(t, errors.Is(err, ErrAlreadyRunning))
+}

@@ -1,0 +1,135 @@
+package plugin
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// maxNamedIDs bounds how many offending IDs an error message lists, so that a
+// broken request for 800 blocks does not produce an 800-ID log line.
+const maxNamedIDs = 10
+
+// smallRequest is the ID count up to which duplicates are found by comparing
+// pairs, which needs no allocation; longer lists use a map.
+const smallRequest = 64
+
+// A snapshot is everything a gRPC handler needs about one resource at one
+// moment. It is immutable once published: handlers load it through an
+// atomic pointer and never lock. Everything derived from the device list is
+// computed here, at Update time, so the hot paths do no work but lookups.
+type snapshot struct {
+	// res answers Prefer and Allocate; nil once the resource has been dropped
+	// from the layout (the snapshot then offers no devices).
+	res Resource
+	// ids is the set of offered device IDs.
+	ids map[string]struct{}
+	// list is the ListAndWatch message, shared by every stream.
+	list *pluginapi.ListAndWatchResponse
+	// stale is closed when a snapshot with a different device list replaces
+	// this one. Snapshots whose device lists are equal share the channel, so
+	// streams are woken only by changes the kubelet can see.
+	stale chan struct{}
+}
+
+// newSnapshot indexes res (nil for a dropped resource). It fails with
+// ErrInvalidResource when two devices share an ID.
+func newSnapshot(res Resource) (*snapshot, error) {
+	s := &snapshot{res: res, list: &pluginapi.ListAndWatchResponse{}, stale: make(chan struct{})}
+	if res == nil {
+		s.ids = map[string]struct{}{}
+		return s, nil
+	}
+	devs := res.Devices()
+	s.ids = make(map[string]struct{}, len(devs))
+	for _, d := range devs {
+		if d == nil {
+			return nil, fmt.Errorf("%w: %q: nil device", ErrInvalidResource, res.Name())
+		}
+		if _, dup := s.ids[d.ID]; dup {
+			return nil, fmt.Errorf("%w: %q: device ID %q listed twice", ErrInvalidResource, res.Name(), d.ID)
+		}
+		s.ids[d.ID] = struct{}{}
+	}
+	s.list.Devices = devs
+	return s, nil
+}
+
+// sameDevices reports whether s and o would send the kubelet the same list.
+func (s *snapshot) sameDevices(o *snapshot) bool {
+	return proto.Equal(s.list, o.list)
+}
+
+// known reports whether every ID is offered by the snapshot.
+func (s *snapshot) known(ids []string) bool {
+	for _, id := range ids {
+		if _, ok := s.ids[id]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// unique reports whether no ID occurs twice.
+func unique(ids []string) bool {
+	if len(ids) <= smallRequest {
+		for i := 1; i < len(ids); i++ {
+			for j := 0; j < i; j++ {
+				if ids[i] == ids[j] {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	seen := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		if _, dup := seen[id]; dup {
+			return false
+		}
+		seen[id] = struct{}{}
+	}
+	return true
+}
+
+// check validates one container's ID list for resource name: not empty,
+// every ID known and none repeated. The fast path allocates nothing; the
+// error path names the offending IDs.
+func (s *snapshot) check(name string, ids []string, wantUnique bool) error {
+	if len(ids) == 0 {
+		return fmt.Errorf("resource %q: %w: no device IDs", name, ErrBadRequest)
+	}
+	if s.known(ids) && (!wantUnique || unique(ids)) {
+		return nil
+	}
+	var unknown, dups []string
+	seen := make(map[string]int, len(ids))
+	for _, id := range ids {
+		seen[id]++
+		if _, ok := s.ids[id]; !ok && seen[id] == 1 {
+			unknown = append(unknown, id)
+		}
+		if wantUnique && seen[id] == 2 {
+			dups = append(dups, id)
+		}
+	}
+	switch {
+	case len(unknown) > 0 && len(dups) > 0:
+		return fmt.Errorf("resource %q: %w: %s; %w: %s", name,
+			ErrUnknownDevice, nameIDs(unknown), ErrDuplicateDevice, nameIDs(dups))
+	case len(unknown) > 0:
+		return fmt.Errorf("resource %q: %w: %s", name, ErrUnknownDevice, nameIDs(unknown))
+	default:
+		return fmt.Errorf("resource %q: %w: %s", name, ErrDuplicateDevice, nameIDs(dups))
+	}
+}
+
+// nameIDs lists at most maxNamedIDs IDs for an error message.
+func nameIDs(ids []string) string {
+	if len(ids) <= maxNamedIDs {
+		return strings.Join(ids, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(ids[:maxNamedIDs], ", "), len(ids)-maxNamedIDs)
+}
