@@ -25,9 +25,6 @@ const VisibleDevicesVoid = "NVIDIA_VISIBLE_DEVICES=void"
 var (
 	// ErrUnknownGPU means an offered UUID is not in the inventory.
 	ErrUnknownGPU = errors.New("gpu not in inventory")
-	// ErrMigEnabledGPU means a GPU offered whole has MIG enabled: it cannot
-	// run work itself, so it gets no whole-GPU CDI device.
-	ErrMigEnabledGPU = errors.New("mig is enabled on the gpu")
 )
 
 // SpecInput is what a spec is built from.
@@ -108,11 +105,9 @@ func BuildSpec(ctx context.Context, in SpecInput) (*specs.Spec, []Omission, erro
 		g := &gpus[i]
 		index := strconv.Itoa(g.Index)
 		if offered[g.UUID] {
-			if g.MigEnabled {
-				omit(g.UUID, index, ErrMigEnabledGPU)
-			} else {
-				add(specs.ContainerEdits{DeviceNodes: []*specs.DeviceNode{deviceNode(g.Node)}}, g.UUID, index)
-			}
+			// A MIG-enabled GPU is offered whole only under migStrategy
+			// none (NVIDIA's semantics): it gets its own node and no caps.
+			add(specs.ContainerEdits{DeviceNodes: []*specs.DeviceNode{deviceNode(g.Node)}}, g.UUID, index)
 		}
 		if !g.MigEnabled {
 			continue
@@ -166,9 +161,9 @@ func deviceNode(n gpu.DeviceNode) *specs.DeviceNode {
 		Major: int64(n.Major),
 		Minor: int64(n.Minor),
 	}
-	if n.HostPath != "" && n.HostPath != n.Path {
-		d.HostPath = n.HostPath
-	}
+	// No hostPath: n.HostPath is where this process sees the node (under
+	// --dev-root, e.g. /host/dev/nvidia0), while the runtime reads the spec
+	// in the host's own namespace, where the node is at Path.
 	return d
 }
 

@@ -72,10 +72,10 @@ func TestBuildSpecOmissions(t *testing.T) {
 			wantOmitted: map[string]error{uuidMIG2: errNoCap},
 			wantDevices: []string{uuidMIG0, "2:0", uuidMIG1, "2:1"},
 		},
-		"MIG-enabled GPU offered whole gets no whole device": {
+		"MIG-enabled GPU offered whole (strategy none) gets its node": {
 			offered:     []string{uuidGPU2},
-			wantOmitted: map[string]error{uuidGPU2: ErrMigEnabledGPU, uuidMIG2: errNoCap},
-			wantDevices: []string{uuidMIG0, "2:0", uuidMIG1, "2:1"},
+			wantOmitted: map[string]error{uuidMIG2: errNoCap},
+			wantDevices: []string{uuidGPU2, "2", uuidMIG0, "2:0", uuidMIG1, "2:1"},
 		},
 		"unknown GPU offered": {
 			offered:     []string{"GPU-gone", uuidGPU1},
@@ -108,8 +108,10 @@ func TestBuildSpecHostPath(t *testing.T) {
 	inv.GPUs[1].Node.HostPath = "/host/dev/nvidia0"
 	spec, _, err := BuildSpec(ctx, SpecInput{Inventory: inv, Offered: []string{uuidGPU0}})
 	require.NoError(t, err)
-	require.Equal(t, "/host/dev/nvidia0", spec.Devices[0].ContainerEdits.DeviceNodes[0].HostPath)
-	require.Empty(t, spec.ContainerEdits.DeviceNodes[0].HostPath, "hostPath equal to path is left out")
+	// The runtime sees the host's /dev, not this process's --dev-root view.
+	require.Empty(t, spec.Devices[0].ContainerEdits.DeviceNodes[0].HostPath)
+	require.Equal(t, "/dev/nvidia0", spec.Devices[0].ContainerEdits.DeviceNodes[0].Path)
+	require.Empty(t, spec.ContainerEdits.DeviceNodes[0].HostPath)
 	require.Equal(t, "0.5.0", spec.Version)
 }
 

@@ -129,7 +129,7 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		return nil, err
 	}
 	klog.FromContext(ctx).Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
-	driver, err := cdi.FindDriverFiles(ctx, o.DriverRoot)
+	driver, err := FindDriverFiles(ctx, o)
 	if err != nil {
 		return nil, err
 	}

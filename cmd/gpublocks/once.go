@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"github.com/gpublocks/gpublocks/cdi"
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/daemon"
 )
@@ -20,7 +19,7 @@ func computeOnce(ctx context.Context, o daemon.Options) (*daemon.State, string, 
 		return nil, "", err
 	}
 	defer func() { _ = backend.Close() }()
-	driver, err := cdi.FindDriverFiles(ctx, o.DriverRoot)
+	driver, err := daemon.FindDriverFiles(ctx, o)
 	if err != nil {
 		return nil, "", err
 	}

@@ -209,7 +209,7 @@ func TestSpecErrors(t *testing.T) {
 		"unknown model":      {spec: "testdata/unknown-model.yaml", wantErr: []string{`unknown model "V100-SXM2-16GB"`, "A100-SXM4-80GB", "H100-SXM5-80GB"}},
 		"zero count":         {spec: "testdata/zero-count.yaml", wantErr: []string{"gpus[0]: count must be at least 1"}},
 		"no gpus":            {spec: "testdata/empty.yaml", wantErr: []string{"no gpus"}},
-		"profile not on 40g": {spec: "testdata/bad-profile.yaml", wantErr: []string{`unknown MIG profile "1g.10gb"`, "1g.5gb"}},
+		"profile not on 40g": {spec: "testdata/bad-profile.yaml", wantErr: []string{`unknown MIG profile "1g.20gb"`, "1g.5gb, 2g.10gb", "1g.5gb+me, 1g.10gb"}},
 		"does not fit":       {spec: "testdata/too-many-slices.yaml", wantErr: []string{"does not fit"}},
 	}
 	for name, tc := range tests {
@@ -246,20 +246,20 @@ func TestSetMigLayoutCapacity(t *testing.T) {
 		wantErr error // nil: fits
 		wantMsg string
 	}{
-		"seven 1g.10gb":           {layout: slices.Repeat([]string{"1g.10gb"}, 7)},
-		"eighth 1g.10gb":          {layout: slices.Repeat([]string{"1g.10gb"}, 8), wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
-		"two 4g.40gb":             {layout: []string{"4g.40gb", "4g.40gb"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
-		"4g and 3g":               {layout: []string{"3g.40gb", "4g.40gb"}},
-		"two 3g":                  {layout: []string{"3g.40gb", "3g.40gb"}},
-		"7g alone":                {layout: []string{"7g.80gb"}},
-		"7g and a 1g":             {layout: []string{"7g.80gb", "1g.10gb"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
-		"order does not matter":   {layout: []string{"1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb"}},
-		"four 1g.20gb":            {layout: slices.Repeat([]string{"1g.20gb"}, 4)},
-		"1g.20gb leaves no 1g":    {layout: append(slices.Repeat([]string{"1g.20gb"}, 4), "1g.10gb"), wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
-		"one media extension":     {layout: []string{"1g.10gb+me", "1g.10gb"}},
-		"two media extensions":    {layout: []string{"1g.10gb+me", "1g.10gb+me"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
-		"three 2g":                {layout: []string{"2g.20gb", "2g.20gb", "2g.20gb", "1g.10gb"}},
-		"unknown profile":         {layout: []string{"1g.5gb"}, wantMsg: `unknown MIG profile "1g.5gb"`},
+		"seven 1g.10gb":            {layout: slices.Repeat([]string{"1g.10gb"}, 7)},
+		"eighth 1g.10gb":           {layout: slices.Repeat([]string{"1g.10gb"}, 8), wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
+		"two 4g.40gb":              {layout: []string{"4g.40gb", "4g.40gb"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
+		"4g and 3g":                {layout: []string{"3g.40gb", "4g.40gb"}},
+		"two 3g":                   {layout: []string{"3g.40gb", "3g.40gb"}},
+		"7g alone":                 {layout: []string{"7g.80gb"}},
+		"7g and a 1g":              {layout: []string{"7g.80gb", "1g.10gb"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
+		"order does not matter":    {layout: []string{"1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb"}},
+		"four 1g.20gb":             {layout: slices.Repeat([]string{"1g.20gb"}, 4)},
+		"1g.20gb leaves no 1g":     {layout: append(slices.Repeat([]string{"1g.20gb"}, 4), "1g.10gb"), wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
+		"one media extension":      {layout: []string{"1g.10gb+me", "1g.10gb"}},
+		"two media extensions":     {layout: []string{"1g.10gb+me", "1g.10gb+me"}, wantErr: nvml.ERROR_INSUFFICIENT_RESOURCES},
+		"three 2g":                 {layout: []string{"2g.20gb", "2g.20gb", "2g.20gb", "1g.10gb"}},
+		"unknown profile":          {layout: []string{"1g.5gb"}, wantMsg: `unknown MIG profile "1g.5gb"`},
 		"smaller compute instance": {layout: []string{"1c.3g.40gb", "4g.40gb"}},
 	}
 	for name, tc := range tests {

@@ -99,13 +99,12 @@ func claimKubeletDir(t *testing.T) {
 }
 
 // startDeviceManager starts the kubelet's device manager on the real
-// kubelet.sock path.
+// kubelet.sock path. The caller stops it.
 func startDeviceManager(t *testing.T, logger klog.Logger, pods *activePods) *devicemanager.ManagerImpl {
 	t.Helper()
 	m, err := devicemanager.NewManagerImpl(logger, nil, topologymanager.NewFakeManager(logger))
 	require.NoError(t, err)
 	require.NoError(t, m.Start(logger, pods.list, allSourcesReady{}, containermap.NewContainerMap(), sets.New[string]()))
-	t.Cleanup(func() { _ = m.Stop(logger) })
 	return m
 }
 
@@ -169,6 +168,8 @@ func TestKubeletDeviceManager(t *testing.T) {
 	pods := &activePods{}
 
 	m := startDeviceManager(t, logger, pods)
+	// m is replaced on the simulated kubelet restart; stop whichever is current.
+	t.Cleanup(func() { _ = m.Stop(logger) })
 	opts := newPluginOptions(t)
 	opts.pluginDir = kubeletPluginDir
 	plugin := startPlugin(t, opts)

@@ -104,7 +104,7 @@ func TestRuncContainer(t *testing.T) {
 	// Shell checks, each echoing what failed so the log explains a non-zero exit.
 	var checks []string
 	check := func(cond, what string) {
-		checks = append(checks, fmt.Sprintf("if %s; then echo ok: %s; else echo FAIL: %s; rc=1; fi", cond, what, what))
+		checks = append(checks, fmt.Sprintf("if %s; then echo 'ok: %s'; else echo 'FAIL: %s'; rc=1; fi", cond, what, what))
 	}
 	isAllocated := map[int]bool{}
 	for _, id := range allocated {
