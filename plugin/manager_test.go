@@ -81,6 +81,7 @@ func TestListAndWatch(t *testing.T) {
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
 	k.registrations(t, 2, 2*time.Second)
+	e.waitRegistered(t, 2*time.Second)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -115,6 +115,11 @@ func TestRuncContainer(t *testing.T) {
 		// busybox stat prints major:minor in hex; 195 is 0xc3.
 		check(fmt.Sprintf(`[ "$(stat -c %%t:%%T %s)" = "%x:%x" ]`, node, nvidiaMajor, m), node+" has major:minor 195:"+fmt.Sprint(m))
 	}
+	// The devices cgroup must let the container open what it was given:
+	// without a driver the open fails with ENXIO, never with EPERM.
+	for _, node := range append([]string{fmt.Sprintf("/dev/nvidia%d", minors[allocated[0]])}, controlNodes[0]) {
+		check(fmt.Sprintf(`! cat %s 2>&1 </dev/null | grep -q "Operation not permitted"`, node), node+" is allowed by the devices cgroup")
+	}
 	for _, m := range minors {
 		if !isAllocated[m] {
 			node := fmt.Sprintf("/dev/nvidia%d", m)
@@ -163,7 +168,7 @@ func buildBusyboxRootfs(t *testing.T, rootfs, busybox string) {
 	data, err := os.ReadFile(busybox)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(bin, "busybox"), data, 0o755))
-	for _, applet := range []string{"sh", "test", "[", "stat", "echo", "cat"} {
+	for _, applet := range []string{"sh", "test", "[", "stat", "echo", "cat", "grep"} {
 		require.NoError(t, os.Symlink("busybox", filepath.Join(bin, applet)))
 	}
 }
