@@ -37,12 +37,7 @@ func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse,
 		return nil, invalidf("%s: no blocks to allocate", r.name)
 	}
 	var buf [stackGPUs]gpuState
-	st := buf[:0]
-	if len(r.gpus) > stackGPUs {
-		st = make([]gpuState, len(r.gpus))
-	} else {
-		st = buf[:len(r.gpus)]
-	}
+	st := r.scratch(buf[:])
 	hint := int32(-1)
 	for _, id := range ids {
 		ref, ok := r.lookup(id, hint)

@@ -20,8 +20,17 @@ type gpuState struct {
 	must blockSet
 }
 
-// stackGPUs is how many GPUs Prefer tracks without a heap allocation.
+// stackGPUs is how many GPUs Prefer and Allocate track without a heap
+// allocation.
 const stackGPUs = 16
+
+// scratch returns one zeroed gpuState per GPU, in buf when it is big enough.
+func (r *Resource) scratch(buf []gpuState) []gpuState {
+	if len(r.gpus) > len(buf) {
+		return make([]gpuState, len(r.gpus))
+	}
+	return buf[:len(r.gpus)]
+}
 
 // Prefer answers GetPreferredAllocation: size IDs out of available that obey
 // the blocks rules and include every ID of mustInclude.
@@ -43,12 +52,7 @@ func (r *Resource) Prefer(available, mustInclude []string, size int) ([]string, 
 			"or a multiple of %d for whole GPUs", r.name, size, PerGPU, PerGPU)
 	}
 	var buf [stackGPUs]gpuState
-	st := buf[:0]
-	if len(r.gpus) > stackGPUs {
-		st = make([]gpuState, len(r.gpus))
-	} else {
-		st = buf[:len(r.gpus)]
-	}
+	st := r.scratch(buf[:])
 
 	mustGPUs := 0
 	mustSlot := -1

@@ -127,3 +127,13 @@ func TestLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestManyGPUs covers nodes with more GPUs than the on-stack scratch space.
+func TestManyGPUs(t *testing.T) {
+	r, _ := newTestResource(t, 20, Binpack, nil)
+	ids, err := r.Prefer(append(blocksOf(19, 0, 30), blocksOf(3, 0, 60)...), nil, 25)
+	require.NoError(t, err)
+	require.Equal(t, []int{19}, gpuIndices(t, ids))
+	_, err = r.Allocate(append(blocksOf(18, 0, 5), blocksOf(19, 0, 5)...))
+	require.ErrorContains(t, err, "5 blocks from GPU 18 (GPU-a18) and 5 from GPU 19 (GPU-a19)")
+}

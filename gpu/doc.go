@@ -4,4 +4,12 @@
 // (loaded from --driver-root, with device nodes read under --dev-root) and a
 // simulated one (package gpu/sim) built on go-nvml's own mock servers. Both
 // satisfy Backend, so every test, the demo and production share one path.
+//
+// Discover is forgiving per device and strict per node: a GPU or MIG device
+// that cannot be described safely is left out (and listed in
+// Inventory.Skipped with the reason), while a node whose driver version or
+// GPU count cannot be read fails as a whole. A MIG device whose capability
+// nodes cannot be resolved stays listed with CapErr set, and must not be
+// offered: injecting it without its caps would hand a container a device it
+// cannot open.
 package gpu

@@ -1,0 +1,73 @@
+{{/* The chart's name, for labels. */}}
+{{- define "gpublocks.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The name of every object: the release name, unless it lacks the chart's. */}}
+{{- define "gpublocks.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpublocks.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gpublocks.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "gpublocks.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "gpublocks.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "gpublocks.tag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "gpublocks.tag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion -}}
+{{- end -}}
+
+{{- define "gpublocks.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "gpublocks.tag" .) -}}
+{{- end -}}
+
+{{- define "gpublocks.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gpublocks.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpublocks.configMapName" -}}
+{{- if .Values.existingConfigMap -}}
+{{- .Values.existingConfigMap -}}
+{{- else -}}
+{{- printf "%s-config" (include "gpublocks.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+--driver-root as the container sees it: the host's driverRoot below the /host
+mount of hostRoot. The plugin strips --dev-root (/host) again to publish host
+paths in the CDI spec.
+*/}}
+{{- define "gpublocks.driverRoot" -}}
+{{- $host := clean .Values.paths.hostRoot -}}
+{{- $drv := clean .Values.paths.driverRoot -}}
+{{- if eq $host $drv -}}
+/host
+{{- else if eq $host "/" -}}
+{{- printf "/host%s" $drv -}}
+{{- else if hasPrefix (printf "%s/" $host) $drv -}}
+{{- printf "/host%s" (trimPrefix $host $drv) -}}
+{{- else -}}
+{{- fail (printf "paths.driverRoot (%s) must be under paths.hostRoot (%s)" $drv $host) -}}
+{{- end -}}
+{{- end -}}

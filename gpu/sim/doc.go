@@ -1,0 +1,24 @@
+// Package sim simulates a GPU node for gpublocks: go-nvml's mock NVML server,
+// completed where it panics or is unfaithful, plus the host tables (device
+// nodes, mig-minors) a real node provides. It satisfies gpu.Backend, so
+// discovery, the plugin, the CDI writer and the demo run the same code as on
+// hardware.
+//
+// What the completion adds to the mock:
+//   - deterministic GPU and MIG UUIDs derived from the spec (preset name or
+//     file content) and the device's position, so restarts keep device IDs;
+//   - PCI bus IDs (0000:<index>:00.0), NUMA nodes (first half of the GPUs on
+//     node 0), minors equal to the index;
+//   - MIG device handles (GetMaxMigDeviceCount, GetMigDeviceHandleByIndex,
+//     IsMigDeviceHandle, GetDeviceHandleFromMigDeviceHandle, GetAttributes,
+//     GetUUID and GetMemoryInfo on MIG handles), enough for go-nvlib;
+//   - the driver's capacity rules: GPU instances only with MIG enabled, only
+//     at the profile's possible placements (memory slices of eight on
+//     A100/H100-class GPUs), never overlapping, never more than the profile's
+//     instance count; compute instances within their GPU instance; GPU
+//     instance IDs numbered by placement as the driver does.
+//
+// Layouts change at runtime with (*Backend).SetMigLayout, so tests and the
+// demo can exercise rescans. Fault injection (XID events through an EventSet)
+// would hook in at the same place as the MIG calls: the mock's Func fields.
+package sim
