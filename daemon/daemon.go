@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
+	"k8s.io/client-go/metadata"
 	"k8s.io/klog/v2"
 	"tags.cncf.io/container-device-interface/specs-go"
 
@@ -34,6 +36,21 @@ type Options struct {
 	MetricsAddr string
 	// CDIKind defaults to cdi.DefaultKind.
 	CDIKind cdi.Kind
+	// PodResourcesSocket is the kubelet's PodResources API, asked before a
+	// GPU changes shape; default DefaultPodResourcesSocket.
+	PodResourcesSocket string
+	// DeferPollInterval is how often a deferred shape change is retried;
+	// default 10 s.
+	DeferPollInterval time.Duration
+	// NodeClient reads the node's label; nil means the in-cluster client
+	// when NodeName is set.
+	NodeClient metadata.Interface
+	// OnServed, if set, is called with every state served (metrics).
+	OnServed func(*State)
+	// OnConfig, if set, is called whenever the config status changes.
+	OnConfig func(ConfigStatus)
+	// OnAllocate is handed to the plugin manager (metrics).
+	OnAllocate func(resource string, took time.Duration, err error)
 }
 
 func (o *Options) kind() cdi.Kind {
@@ -112,23 +129,42 @@ type Daemon struct {
 	driver  cdi.DriverFiles
 	writer  *cdi.Writer
 	manager *plugin.Manager
-	rescan  chan struct{}
+	rescan  chan struct{} // rediscover, then re-plan
+	replan  chan struct{} // re-plan the last inventory
 
 	mu        sync.Mutex
 	state     *State
 	cfg       *config.Config
 	source    config.Source
+	label     string // the node's gpublocks.io/config label
+	status    ConfigStatus
 	unhealthy map[string]bool
+	deferred  map[string]string // GPU UUID → shape kept while allocated
+	warnedPR  bool              // warned once that pod-resources is absent
+}
+
+// ConfigStatus says how the config stands, for logs, metrics and tests.
+type ConfigStatus struct {
+	Generation int64  // bumped on every applied change; 1 = the first config
+	Name       string // the named config in force
+	Errors     int64  // configs rejected so far
+	LastError  error  // the last rejection, nil once a good config loads
 }
 
 // New prepares a daemon over backend: it loads the config and finds the
-// driver files, but starts nothing.
+// driver files, but starts nothing. A bad config fails here: there is no
+// last good one to keep serving yet.
 func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
+	if o.PodResourcesSocket == "" {
+		o.PodResourcesSocket = DefaultPodResourcesSocket
+	}
+	if o.DeferPollInterval == 0 {
+		o.DeferPollInterval = 10 * time.Second
+	}
 	cfg, src, err := config.Load(o.ConfigPath, "")
 	if err != nil {
 		return nil, err
 	}
-	klog.FromContext(ctx).Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
 	driver, err := FindDriverFiles(ctx, o)
 	if err != nil {
 		return nil, err
@@ -143,11 +179,13 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		driver:    driver,
 		writer:    w,
 		rescan:    make(chan struct{}, 1),
+		replan:    make(chan struct{}, 1),
 		cfg:       cfg,
 		source:    src,
+		status:    ConfigStatus{Generation: 1, Name: src.Name},
 		unhealthy: map[string]bool{},
 	}
-	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir})
+	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: o.OnAllocate})
 	return d, nil
 }
 
@@ -161,11 +199,32 @@ func (d *Daemon) State() *State {
 	return d.state
 }
 
+// ConfigStatus returns how the config stands.
+func (d *Daemon) ConfigStatus() ConfigStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.status
+}
+
 // Rescan asks for a new discovery (SIGHUP): a changed MIG layout is picked
 // up without a restart.
-func (d *Daemon) Rescan() {
+func (d *Daemon) Rescan() { signal(d.rescan) }
+
+// Replan asks for a new plan of the GPUs already discovered.
+func (d *Daemon) Replan() { signal(d.replan) }
+
+// SetUnhealthy replaces the set of faulted devices (GPU UUIDs: every device
+// on the GPU; MIG UUIDs: that MIG device) and re-plans.
+func (d *Daemon) SetUnhealthy(set map[string]bool) {
+	d.mu.Lock()
+	d.unhealthy = cloneSet(set)
+	d.mu.Unlock()
+	d.Replan()
+}
+
+func signal(ch chan struct{}) {
 	select {
-	case d.rescan <- struct{}{}:
+	case ch <- struct{}{}:
 	default: // one is pending already
 	}
 }
@@ -174,13 +233,23 @@ func (d *Daemon) Rescan() {
 // until ctx is cancelled. It returns nil on a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
+	d.mu.Lock()
+	src := d.source
+	d.mu.Unlock()
+	logger.Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
+	if err := d.startWatchers(ctx); err != nil {
+		return err
+	}
 	// The CDI spec must exist before the kubelet can allocate anything.
 	if err := d.reconcile(ctx, true); err != nil {
 		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.manager.Run(ctx) }()
+	poll := time.NewTicker(d.opts.DeferPollInterval)
+	defer poll.Stop()
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return <-errc
@@ -188,11 +257,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return err
 		case <-d.rescan:
 			logger.Info("Rescanning GPUs")
-			if err := d.reconcile(ctx, true); err != nil {
-				// Keep serving the last good state: a transient NVML
-				// failure must not take devices away.
-				logger.Error(err, "Rescan failed; still serving the previous devices")
+			err = d.reconcile(ctx, true)
+		case <-d.replan:
+			err = d.reconcile(ctx, false)
+		case <-poll.C:
+			d.mu.Lock()
+			pending := len(d.deferred) > 0
+			d.mu.Unlock()
+			if pending {
+				err = d.reconcile(ctx, false)
 			}
+		}
+		if err != nil {
+			// Keep serving the last good state: a transient NVML or disk
+			// failure must not take devices away.
+			logger.Error(err, "Update failed; still serving the previous devices")
 		}
 	}
 }
@@ -202,11 +281,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
-	prev, cfg := d.state, d.cfg
+	prev, cfg, src := d.state, d.cfg, d.source
 	unhealthy := cloneSet(d.unhealthy)
 	d.mu.Unlock()
 
-	inv := (*gpu.Inventory)(nil)
+	var inv *gpu.Inventory
 	if prev != nil && !rediscover {
 		inv = prev.Inventory
 	} else {
@@ -218,15 +297,16 @@ func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 			logger.Error(s.Reason, "Device not offered", "device", s.Device)
 		}
 	}
-	st, err := plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, nil)
+	keep := d.deferrals(ctx, prev, inv, cfg)
+	st, err := plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, keep)
 	if err != nil {
 		return err
 	}
-	st.Source = d.source
-	for _, w := range st.Plan.Warnings {
-		logger.Info("Warning: "+w, "config", d.source.Name)
-	}
+	st.Source = src
 	if prev == nil || !samePlan(prev.Plan, st.Plan) {
+		for _, w := range st.Plan.Warnings {
+			logger.Info("Warning: "+w, "config", src.Name)
+		}
 		for _, a := range st.Plan.GPUs {
 			logger.Info("GPU planned", "index", a.GPU.Index, "uuid", a.GPU.UUID, "model", a.GPU.Model, "shape", a.Shape, "reason", a.Reason)
 		}
@@ -243,6 +323,9 @@ func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 	d.mu.Lock()
 	d.state = st
 	d.mu.Unlock()
+	if d.opts.OnServed != nil {
+		d.opts.OnServed(st)
+	}
 	return nil
 }
 

@@ -36,9 +36,12 @@ func render(t *testing.T, release, namespace, values string) (objects, string, e
 	if err != nil {
 		t.Fatalf("test values: %v", err)
 	}
-	caps := chartutil.DefaultCapabilities
-	if ok, err := chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, caps.KubeVersion.String()); err != nil || !ok {
-		t.Fatalf("Chart.yaml kubeVersion %q excludes Kubernetes %s (%v)", ch.Metadata.KubeVersion, caps.KubeVersion, err)
+	// Render for the Kubernetes release whose API types decode the output
+	// (k8s.io/api v0.37); Helm's own default is far older.
+	caps := chartutil.DefaultCapabilities.Copy()
+	caps.KubeVersion = chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	if !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, caps.KubeVersion.String()) {
+		t.Fatalf("Chart.yaml kubeVersion %q excludes Kubernetes %s", ch.Metadata.KubeVersion, caps.KubeVersion)
 	}
 	opts := chartutil.ReleaseOptions{Name: release, Namespace: namespace, Revision: 1, IsInstall: true}
 	rv, err := chartutil.ToRenderValues(ch, vals, opts, caps)

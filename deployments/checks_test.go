@@ -188,7 +188,11 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 	hostMount(w.cdiDir, w.cdiDir, false)
 	if m := hostMount("/host", w.hostRoot, true); m != nil &&
 		(m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer) {
-		t.Errorf("/host: mountPropagation %v, want HostToContainer (a driver container mounted later must show)", m.MountPropagation)
+		got := "unset"
+		if m.MountPropagation != nil {
+			got = string(*m.MountPropagation)
+		}
+		t.Errorf("/host: mountPropagation %s, want HostToContainer (a driver container mounted later must show)", got)
 	}
 	if m, ok := mounts["/etc/gpublocks"]; !ok || vols[m.Name].ConfigMap == nil || vols[m.Name].ConfigMap.Name != w.configMap || !m.ReadOnly {
 		t.Errorf("/etc/gpublocks: want ConfigMap %q mounted read-only, got %+v", w.configMap, m)

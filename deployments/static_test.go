@@ -22,12 +22,12 @@ func TestStatic(t *testing.T) {
 		m := metaOf(o.obj)
 		switch o.obj.(type) {
 		case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
-			if m.Namespace != "" {
-				t.Errorf("%s: cluster-scoped %s has namespace %q", o.source, o.key, m.Namespace)
+			if m.GetNamespace() != "" {
+				t.Errorf("%s: cluster-scoped %s has namespace %q", o.source, o.key, m.GetNamespace())
 			}
 		default:
-			if m.Namespace != ns.Name {
-				t.Errorf("%s: %s %s is in namespace %q, want %q", o.source, o.key, m.Name, m.Namespace, ns.Name)
+			if m.GetNamespace() != ns.Name {
+				t.Errorf("%s: %s %s is in namespace %q, want %q", o.source, o.key, m.GetName(), m.GetNamespace(), ns.Name)
 			}
 		}
 	}

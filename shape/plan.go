@@ -25,8 +25,8 @@ const (
 type Input struct {
 	Inventory *gpu.Inventory
 	Config    *config.Config
-	// Unhealthy holds the UUIDs of faulted GPUs: all their devices (whole,
-	// MIG or blocks) are reported unhealthy.
+	// Unhealthy holds faulted devices: a GPU UUID makes every device on the
+	// GPU (whole, MIG or blocks) unhealthy, a MIG UUID only that MIG device.
 	Unhealthy map[string]bool
 	// Keep pins GPUs (by UUID) to a shape regardless of the config, e.g.
 	// while devices of the old shape are still allocated.
@@ -123,7 +123,7 @@ func Build(in Input) *Plan {
 	for _, grp := range res.Groups {
 		units := make([]unit, 0, len(grp.Devices))
 		for _, d := range grp.Devices {
-			units = append(units, unit{id: d.UUID, healthy: !in.Unhealthy[d.ParentUUID], numa: gpuNUMA[d.ParentUUID]})
+			units = append(units, unit{id: d.UUID, healthy: !in.Unhealthy[d.ParentUUID] && !in.Unhealthy[d.UUID], numa: gpuNUMA[d.ParentUUID]})
 		}
 		p.Resources = append(p.Resources, newSimpleResource(grp.Resource, units, in.Responders(grp.Resource)))
 	}

@@ -20,5 +20,6 @@ func addDiscoveryFlags(fs *pflag.FlagSet, o *daemon.Options) {
 func addServeFlags(fs *pflag.FlagSet, o *daemon.Options) {
 	addDiscoveryFlags(fs, o)
 	fs.StringVar(&o.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
+	fs.StringVar(&o.PodResourcesSocket, "pod-resources-socket", daemon.DefaultPodResourcesSocket, "the kubelet's PodResources API, asked before a GPU with allocated devices changes shape")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9400", `address for /metrics, /healthz and /readyz; "" disables`)
 }
