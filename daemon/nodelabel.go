@@ -41,7 +41,9 @@ func NodeClient() (metadata.Interface, error) {
 func watchNodeLabel(ctx context.Context, client metadata.Interface, node string, onChange func(string)) {
 	logger := klog.FromContext(ctx).WithValues("node", node)
 	inf := metadatainformer.NewFilteredMetadataInformer(client, nodesResource, "", 10*time.Minute, cache.Indexers{},
-		func(o *metav1.ListOptions) { o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String() })
+		func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
+		})
 	last, seen := "", false
 	report := func(obj any) {
 		m, ok := obj.(*metav1.PartialObjectMetadata)
