@@ -24,9 +24,11 @@ type node struct {
 	d       *Daemon
 	kubelet *fakekubelet.Kubelet
 	cdiDir  string
+	// configPath is the config file the node was started with, if any.
+	configPath string
 }
 
-func startNode(t *testing.T, preset, configYAML string) *node {
+func startNode(t *testing.T, preset, configYAML string, mods ...func(*Options)) *node {
 	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
@@ -39,6 +41,9 @@ func startNode(t *testing.T, preset, configYAML string) *node {
 	if configYAML != "" {
 		o.ConfigPath = filepath.Join(dir, "config.yaml")
 		require.NoError(t, os.WriteFile(o.ConfigPath, []byte(configYAML), 0o644))
+	}
+	for _, m := range mods {
+		m(&o)
 	}
 	k, err := fakekubelet.Start(pluginDir)
 	require.NoError(t, err)
@@ -53,7 +58,7 @@ func startNode(t *testing.T, preset, configYAML string) *node {
 		require.NoError(t, <-done)
 		k.Stop()
 	})
-	return &node{t: t, ctx: ctx, sim: b, d: d, kubelet: k, cdiDir: cdiDir}
+	return &node{t: t, ctx: ctx, sim: b, d: d, kubelet: k, cdiDir: cdiDir, configPath: o.ConfigPath}
 }
 
 // waitCount waits until resource streams exactly n healthy devices.

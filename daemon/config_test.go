@@ -1,0 +1,185 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/metadata/fake"
+	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpublocks/gpublocks/blocks"
+	"github.com/gpublocks/gpublocks/config"
+)
+
+// replaceFile swaps a file's content by rename, as editors and ConfigMap
+// volumes (symlink swap) do: the watcher sees the directory change.
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, []byte(content), 0o644))
+	require.NoError(t, os.Rename(tmp, path))
+}
+
+func TestConfigChangeAppliesLive(t *testing.T) {
+	n := startNode(t, "dgxa100", "version: v1\n")
+	n.waitCount("nvidia.com/gpu", 8)
+	require.EqualValues(t, 1, n.d.ConfigStatus().Generation)
+
+	replaceFile(t, n.configPath, "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n")
+	n.waitCount("nvidia.com/gpu", 6)
+	n.waitCount("nvidia.com/gpu-blocks", 200)
+	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+	require.Len(t, n.cdiDevices(), 16, "blocks GPUs keep their CDI devices")
+
+	// A broken config changes nothing and is reported.
+	replaceFile(t, n.configPath, "blocks: {polcy: spread}\n")
+	require.Eventually(t, func() bool { return n.d.ConfigStatus().Errors == 1 }, 5*time.Second, 10*time.Millisecond)
+	st := n.d.ConfigStatus()
+	require.ErrorContains(t, st.LastError, "blocks.polcy")
+	require.EqualValues(t, 2, st.Generation)
+	n.waitCount("nvidia.com/gpu", 6)
+	n.waitCount("nvidia.com/gpu-blocks", 200)
+
+	// Fixing it clears the error; the same content as before is no change.
+	replaceFile(t, n.configPath, "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n")
+	require.Eventually(t, func() bool { return n.d.ConfigStatus().LastError == nil }, 5*time.Second, 10*time.Millisecond)
+	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+
+	// Back to all whole: the blocks resource stays registered, empty.
+	replaceFile(t, n.configPath, "version: v1\n")
+	n.waitCount("nvidia.com/gpu", 8)
+	n.waitCount("nvidia.com/gpu-blocks", 0)
+}
+
+// fakePodResources is the kubelet's PodResources API with a settable answer.
+type fakePodResources struct {
+	podresourcesapi.UnimplementedPodResourcesListerServer
+	mu      sync.Mutex
+	devices map[string][]string // resource → allocated IDs
+}
+
+func (f *fakePodResources) set(resource string, ids ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.devices = map[string][]string{resource: ids}
+	if len(ids) == 0 {
+		f.devices = nil
+	}
+}
+
+func (f *fakePodResources) List(context.Context, *podresourcesapi.ListPodResourcesRequest) (*podresourcesapi.ListPodResourcesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := &podresourcesapi.ContainerResources{Name: "main"}
+	for r, ids := range f.devices {
+		c.Devices = append(c.Devices, &podresourcesapi.ContainerDevices{ResourceName: r, DeviceIds: ids})
+	}
+	return &podresourcesapi.ListPodResourcesResponse{PodResources: []*podresourcesapi.PodResources{{Name: "p", Namespace: "ns", Containers: []*podresourcesapi.ContainerResources{c}}}}, nil
+}
+
+func startPodResources(t *testing.T) (*fakePodResources, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gbpr")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "kubelet.sock")
+	lis, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	f := &fakePodResources{}
+	podresourcesapi.RegisterPodResourcesListerServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return f, sock
+}
+
+func TestShapeChangeDeferredWhileAllocated(t *testing.T) {
+	pr, sock := startPodResources(t)
+	n := startNode(t, "dgxa100", "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n", func(o *Options) {
+		o.PodResourcesSocket = sock
+		o.DeferPollInterval = 50 * time.Millisecond
+	})
+	n.waitCount("nvidia.com/gpu-blocks", 200)
+	gpu0 := n.d.State().Inventory.GPUs[0].UUID
+	gpu1 := n.d.State().Inventory.GPUs[1].UUID
+	// A pod holds 30 blocks of GPU 0.
+	pr.set("nvidia.com/gpu-blocks", blocks.FormatID(gpu0, 0), blocks.FormatID(gpu0, 1))
+
+	// The operator turns every GPU whole: GPU 1 changes now, GPU 0 waits.
+	replaceFile(t, n.configPath, "version: v1\n")
+	n.waitCount("nvidia.com/gpu", 7)
+	n.waitCount("nvidia.com/gpu-blocks", 100)
+	for _, a := range n.d.State().Plan.GPUs {
+		if a.GPU.UUID == gpu0 {
+			require.Equal(t, "blocks", a.Shape)
+			require.Contains(t, a.Reason, "kept blocks while its devices are allocated")
+		}
+		if a.GPU.UUID == gpu1 {
+			require.Equal(t, "whole", a.Shape)
+		}
+	}
+
+	// The pod ends: GPU 0 follows the config on the next poll.
+	pr.set("nvidia.com/gpu-blocks")
+	n.waitCount("nvidia.com/gpu", 8)
+	n.waitCount("nvidia.com/gpu-blocks", 0)
+}
+
+func TestShapeChangeWithoutPodResourcesAppliesAtOnce(t *testing.T) {
+	n := startNode(t, "dgxa100", "gpus: [{match: {index: [0]}, shape: blocks}]\n", func(o *Options) {
+		o.PodResourcesSocket = filepath.Join(t.TempDir(), "absent.sock")
+	})
+	n.waitCount("nvidia.com/gpu-blocks", 100)
+	replaceFile(t, n.configPath, "version: v1\n")
+	n.waitCount("nvidia.com/gpu", 8)
+}
+
+func TestNodeLabelPicksNamedConfig(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "default"), []byte("version: v1\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "blocks"), []byte("gpus: [{match: {model: \"*\"}, shape: blocks}]\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "half"), []byte("gpus: [{match: {index: [0, 1, 2, 3]}, shape: blocks}]\n"), 0o644))
+
+	scheme := fake.NewTestScheme()
+	require.NoError(t, metav1.AddMetaToScheme(scheme))
+	node := &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
+		ObjectMeta: metav1.ObjectMeta{Name: "gpu-node-1", Labels: map[string]string{config.NodeLabel: "blocks"}},
+	}
+	client := fake.NewSimpleMetadataClient(scheme, []runtime.Object{node}...)
+
+	n := startNode(t, "dgxa100", "", func(o *Options) {
+		o.ConfigPath = dir
+		o.NodeName = "gpu-node-1"
+		o.NodeClient = client
+	})
+	// The first plan already uses the labelled config: no flap through default.
+	n.waitCount("nvidia.com/gpu-blocks", 800)
+	require.Equal(t, "blocks", n.d.ConfigStatus().Name)
+
+	// Relabel the node: the plan follows without a restart.
+	node = node.DeepCopy()
+	node.Labels[config.NodeLabel] = "half"
+	err := client.Tracker().Update(nodesResource, node, "")
+	require.NoError(t, err)
+	n.waitCount("nvidia.com/gpu-blocks", 400)
+	n.waitCount("nvidia.com/gpu", 4)
+
+	// A label naming no config is rejected; the last good one stays.
+	node = node.DeepCopy()
+	node.Labels[config.NodeLabel] = "nope"
+	err = client.Tracker().Update(nodesResource, node, "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return n.d.ConfigStatus().LastError != nil }, 5*time.Second, 10*time.Millisecond)
+	require.ErrorContains(t, n.d.ConfigStatus().LastError, "names no config")
+	n.waitCount("nvidia.com/gpu-blocks", 400)
+}
