@@ -8,9 +8,10 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -40,10 +41,22 @@ func NodeClient() (metadata.Interface, error) {
 // then on every change. It returns when ctx is done.
 func watchNodeLabel(ctx context.Context, client metadata.Interface, node string, onChange func(string)) {
 	logger := klog.FromContext(ctx).WithValues("node", node)
-	inf := metadatainformer.NewFilteredMetadataInformer(client, nodesResource, "", 10*time.Minute, cache.Indexers{},
-		func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
-		})
+	// A plain informer over the metadata client: client-go's metadata
+	// informer factory would link every typed informer into the binary.
+	sel := fields.OneTermEqualSelector("metadata.name", node).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return client.Resource(nodesResource).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return client.Resource(nodesResource).Watch(ctx, o)
+		},
+	}
+	// The wrapper lets the reflector fall back to list+watch for clients
+	// (and fakes) without watch-list support.
+	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, client), &metav1.PartialObjectMetadata{}, 10*time.Minute, cache.Indexers{})
 	last, seen := "", false
 	report := func(obj any) {
 		m, ok := obj.(*metav1.PartialObjectMetadata)
@@ -58,7 +71,7 @@ func watchNodeLabel(ctx context.Context, client metadata.Interface, node string,
 		last, seen = v, true
 		onChange(v)
 	}
-	_, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    report,
 		UpdateFunc: func(_, obj any) { report(obj) },
 	})
@@ -66,5 +79,5 @@ func watchNodeLabel(ctx context.Context, client metadata.Interface, node string,
 		logger.Error(err, "Cannot watch the node's config label")
 		return
 	}
-	inf.Informer().Run(ctx.Done())
+	inf.RunWithContext(ctx)
 }
