@@ -100,13 +100,14 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 		}
 	}
 	wantArgs := map[string]string{
-		"config":            "/etc/gpublocks",
-		"node-name":         "$(NODE_NAME)",
-		"dev-root":          "/host",
-		"driver-root":       w.driverRoot,
-		"cdi-dir":           w.cdiDir,
-		"device-plugin-dir": w.devicePlugin,
-		"metrics-addr":      ":" + itoa(w.metricsPort),
+		"config":               "/etc/gpublocks",
+		"node-name":            "$(NODE_NAME)",
+		"dev-root":             "/host",
+		"driver-root":          w.driverRoot,
+		"cdi-dir":              w.cdiDir,
+		"device-plugin-dir":    w.devicePlugin,
+		"pod-resources-socket": w.podResources + "/kubelet.sock",
+		"metrics-addr":         ":" + itoa(w.metricsPort),
 	}
 	for name, want := range wantArgs {
 		if got, ok := args[name]; !ok || got != want {
@@ -184,7 +185,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 		return &m
 	}
 	hostMount(w.devicePlugin, w.devicePlugin, false)
-	hostMount("/var/lib/kubelet/pod-resources", w.podResources, true)
+	hostMount(w.podResources, w.podResources, true)
 	hostMount(w.cdiDir, w.cdiDir, false)
 	if m := hostMount("/host", w.hostRoot, true); m != nil &&
 		(m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer) {

@@ -19,6 +19,11 @@
 //     instance IDs numbered by placement as the driver does.
 //
 // Layouts change at runtime with (*Backend).SetMigLayout, so tests and the
-// demo can exercise rescans. Fault injection (XID events through an EventSet)
-// would hook in at the same place as the MIG calls: the mock's Func fields.
+// demo can exercise rescans.
+//
+// Faults are injected through a working NVML event set (events.go):
+// EventSetCreate, Wait, Free, RegisterEvents and GetSupportedEventTypes
+// behave as on hardware, and InjectXID, InjectMigXID, InjectDoubleBitECC and
+// InjectGPULost raise the events a health monitor waits for. A lost GPU
+// fails its probes (GetMemoryInfo, handle lookups) until RestoreGPU.
 package sim

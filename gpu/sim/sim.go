@@ -32,6 +32,7 @@ type Backend struct {
 
 	mu   sync.Mutex // guards MIG mode, GPU and compute instances, MIG handles
 	gpus []*simGPU
+	ev   events // event sets and lost GPUs (events.go)
 }
 
 var _ gpu.Backend = (*Backend)(nil)
@@ -92,16 +93,23 @@ func (b *Backend) completeServer() {
 		defer b.mu.Unlock()
 		for _, g := range b.gpus {
 			if g.dev.UUID == uuid {
+				if b.Lost(g.index) {
+					return nil, nvml.ERROR_GPU_IS_LOST
+				}
 				return g.dev, nvml.SUCCESS
 			}
 			for _, m := range g.migDevicesLocked() {
 				if m.uuid == uuid {
+					if b.Lost(g.index) {
+						return nil, nvml.ERROR_GPU_IS_LOST
+					}
 					return m, nvml.SUCCESS
 				}
 			}
 		}
 		return nil, nvml.ERROR_NOT_FOUND
 	}
+	b.installEvents()
 }
 
 // NVML returns the simulated library. It needs no Init.

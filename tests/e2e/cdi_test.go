@@ -61,6 +61,12 @@ func TestCDIInjection(t *testing.T) {
 	ids := deviceIDs(s.devices)
 	specPath := filepath.Join(s.opts.cdiDir, cdiSpecFile)
 
+	t.Run("spec is written before the plugin registers", func(t *testing.T) {
+		// Otherwise a pod admitted right after registration fails to start:
+		// the runtime cannot resolve its CDI device.
+		require.Equal(t, []bool{true}, s.kubelet.specWrittenBeforeRegistering())
+	})
+
 	t.Run("spec file is world-readable", func(t *testing.T) {
 		fi, err := os.Stat(specPath)
 		require.NoError(t, err)

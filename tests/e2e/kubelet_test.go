@@ -23,19 +23,26 @@ type kubeletStandIn struct {
 	dir    string
 	server dpserver.Server
 
-	mu      sync.Mutex
-	plugins map[string]dpserver.DevicePlugin // resource -> connected plugin
-	devices map[string][]*pluginapi.Device   // resource -> last ListAndWatch snapshot
-	changed chan struct{}                    // closed and replaced on every event
+	// cdiSpec, when set, is checked at every registration: DESIGN §5 wants
+	// the CDI spec written before the plugin registers.
+	cdiSpec string
+
+	mu             sync.Mutex
+	specAtRegister []bool                           // per registration: did cdiSpec exist?
+	plugins        map[string]dpserver.DevicePlugin // resource -> connected plugin
+	devices        map[string][]*pluginapi.Device   // resource -> last ListAndWatch snapshot
+	changed        chan struct{}                    // closed and replaced on every event
 }
 
 // startKubelet serves kubelet.sock in dir, as the kubelet does on start:
-// plugin sockets left in dir are removed first.
-func startKubelet(ctx context.Context, t *testing.T, dir string) *kubeletStandIn {
+// plugin sockets left in dir are removed first. cdiSpec is the spec file to
+// look for at each registration ("" for none).
+func startKubelet(ctx context.Context, t *testing.T, dir, cdiSpec string) *kubeletStandIn {
 	t.Helper()
 	k := &kubeletStandIn{
 		t:       t,
 		dir:     dir,
+		cdiSpec: cdiSpec,
 		plugins: map[string]dpserver.DevicePlugin{},
 		devices: map[string][]*pluginapi.Device{},
 		changed: make(chan struct{}),
@@ -62,8 +69,14 @@ func (k *kubeletStandIn) CleanupPluginDirectory(_ klog.Logger, dir string) error
 
 // PluginConnected records the client the kubelet built for a plugin.
 func (k *kubeletStandIn) PluginConnected(_ context.Context, resource string, p dpserver.DevicePlugin) error {
+	specExists := false
+	if k.cdiSpec != "" {
+		_, err := os.Stat(k.cdiSpec)
+		specExists = err == nil
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.specAtRegister = append(k.specAtRegister, specExists)
 	k.plugins[resource] = p
 	k.notifyLocked()
 	return nil
@@ -155,11 +168,19 @@ type stack struct {
 func startStack(ctx context.Context, t *testing.T) *stack {
 	t.Helper()
 	s := &stack{opts: newPluginOptions(t)}
-	s.kubelet = startKubelet(ctx, t, s.opts.pluginDir)
+	s.kubelet = startKubelet(ctx, t, s.opts.pluginDir, filepath.Join(s.opts.cdiDir, cdiSpecFile))
 	s.plugin = startPlugin(t, s.opts)
 	s.client, s.devices, _ = s.kubelet.waitForDevices(resourceName, dgxa100GPUs, registerTimeout)
 	s.plugin.requireRunning(t)
 	return s
+}
+
+// specWrittenBeforeRegistering reports, for each registration so far,
+// whether the CDI spec already existed when the plugin registered.
+func (k *kubeletStandIn) specWrittenBeforeRegistering() []bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]bool(nil), k.specAtRegister...)
 }
 
 // deviceIDs returns the IDs of devs in stream order.

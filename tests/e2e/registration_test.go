@@ -94,7 +94,7 @@ func TestRegistration(t *testing.T) {
 		require.NoError(t, os.RemoveAll(filepath.Join(s.opts.pluginDir, "kubelet.sock")))
 		require.NoError(t, removeSockets(s.opts.pluginDir))
 
-		restarted := startKubelet(ctx, t, s.opts.pluginDir)
+		restarted := startKubelet(ctx, t, s.opts.pluginDir, "")
 		client, devs, took := restarted.waitForDevices(resourceName, dgxa100GPUs, registerTimeout)
 		t.Logf("re-registered %d devices %s after the kubelet restart (old socket %s, new %s)",
 			len(devs), took, filepath.Base(pluginSocket), filepath.Base(client.SocketPath()))
