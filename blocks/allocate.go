@@ -34,7 +34,7 @@ const (
 func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
 	k := len(ids)
 	if k == 0 {
-		return nil, invalidf("%s: no blocks to allocate", r.name)
+		return nil, invalidf("no blocks to allocate")
 	}
 	var buf [stackGPUs]gpuState
 	st := r.scratch(buf[:])
@@ -43,14 +43,14 @@ func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse,
 		ref, ok := r.lookup(id, hint)
 		if !ok {
 			if _, _, err := ParseID(id); err != nil {
-				return nil, invalidf("%s: %v", r.name, err)
+				return nil, invalidf("%v", err)
 			}
-			return nil, invalidf("%s: block %q belongs to no GPU this resource serves", r.name, id)
+			return nil, invalidf("block %q belongs to no GPU this resource serves", id)
 		}
 		hint = ref.slot
 		s := &st[ref.slot]
 		if s.free.has(int(ref.n)) {
-			return nil, invalidf("%s: block %q is listed twice", r.name, id)
+			return nil, invalidf("block %q is listed twice", id)
 		}
 		s.free.add(ref.n)
 	}
@@ -66,17 +66,17 @@ func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse,
 	}
 	switch {
 	case k <= PerGPU && len(slots) > 1:
-		return nil, invalidf("%s: a request of %d blocks must come from one GPU, but got %s; "+
+		return nil, invalidf("a request of %d blocks must come from one GPU, but got %s; "+
 			"the kubelet chose these IDs without the plugin's preference: delete the pod to retry, "+
-			"and check that the kubelet calls GetPreferredAllocation", r.name, k, r.countsOf(st, slots))
+			"and check that the kubelet calls GetPreferredAllocation", k, r.countsOf(st, slots))
 	case k > PerGPU && k%PerGPU != 0:
-		return nil, invalidf("%s: %d blocks is more than one GPU (%d blocks) but not a multiple of %d: "+
+		return nil, invalidf("%d blocks is more than one GPU (%d blocks) but not a multiple of %d: "+
 			"ask for at most %d blocks, or for %d or %d to get whole GPUs (got %s)",
-			r.name, k, PerGPU, PerGPU, PerGPU, k/PerGPU*PerGPU, (k/PerGPU+1)*PerGPU, r.countsOf(st, slots))
+			k, PerGPU, PerGPU, PerGPU, k/PerGPU*PerGPU, (k/PerGPU+1)*PerGPU, r.countsOf(st, slots))
 	case k > PerGPU && !whole:
-		return nil, invalidf("%s: a request of %d blocks takes %d whole GPUs (%d blocks each), but got %s; "+
+		return nil, invalidf("a request of %d blocks takes %d whole GPUs (%d blocks each), but got %s; "+
 			"delete the pod to retry, and check that the kubelet calls GetPreferredAllocation",
-			r.name, k, k/PerGPU, PerGPU, r.countsOf(st, slots))
+			k, k/PerGPU, PerGPU, r.countsOf(st, slots))
 	}
 	return r.response(slots, k), nil
 }

@@ -48,8 +48,8 @@ func (r *Resource) scratch(buf []gpuState) []gpuState {
 // kubelet fail the pod's admission with the message.
 func (r *Resource) Prefer(available, mustInclude []string, size int) ([]string, error) {
 	if size <= 0 || (size > PerGPU && size%PerGPU != 0) {
-		return nil, invalidf("%s: cannot serve a request of %d blocks: ask for 1 to %d blocks of one GPU, "+
-			"or a multiple of %d for whole GPUs", r.name, size, PerGPU, PerGPU)
+		return nil, invalidf("cannot serve a request of %d blocks: ask for 1 to %d blocks of one GPU, "+
+			"or a multiple of %d for whole GPUs", size, PerGPU, PerGPU)
 	}
 	var buf [stackGPUs]gpuState
 	st := r.scratch(buf[:])
@@ -59,7 +59,7 @@ func (r *Resource) Prefer(available, mustInclude []string, size int) ([]string, 
 	for _, id := range mustInclude {
 		ref, ok := r.byID[id]
 		if !ok {
-			return nil, invalidf("%s: the kubelet requires block %q, which this resource does not serve", r.name, id)
+			return nil, invalidf("the kubelet requires block %q, which this resource does not serve", id)
 		}
 		s := &st[ref.slot]
 		if s.must.len() == 0 {
@@ -97,15 +97,15 @@ func (r *Resource) preferOne(st []gpuState, mustGPUs, mustSlot, size int) ([]str
 				slots = append(slots, i)
 			}
 		}
-		return nil, invalidf("%s: cannot place %d blocks on one GPU: the kubelet requires %s "+
+		return nil, invalidf("cannot place %d blocks on one GPU: the kubelet requires %s "+
 			"(blocks reused from an init container or aligned to a NUMA node); "+
 			"blocks never span GPUs: use the topology manager policy none or ask for whole GPUs (multiples of %d)",
-			r.name, size, joinCounts(r, slots, counts), PerGPU)
+			size, joinCounts(r, slots, counts), PerGPU)
 	}
 	if mustGPUs == 1 {
 		if m := st[mustSlot].must.len(); m > size {
-			return nil, invalidf("%s: the kubelet requires %d blocks of %s for a request of only %d",
-				r.name, m, &r.gpus[mustSlot], size)
+			return nil, invalidf("the kubelet requires %d blocks of %s for a request of only %d",
+				m, &r.gpus[mustSlot], size)
 		}
 	}
 	best, bestFree := -1, 0
@@ -145,8 +145,8 @@ func (r *Resource) preferOne(st []gpuState, mustGPUs, mustSlot, size int) ([]str
 func (r *Resource) preferWhole(st []gpuState, mustGPUs, size int) ([]string, error) {
 	want := size / PerGPU
 	if mustGPUs > want {
-		return nil, invalidf("%s: the kubelet requires blocks of %d GPUs for a request of %d blocks (%d whole GPUs)",
-			r.name, mustGPUs, size, want)
+		return nil, invalidf("the kubelet requires blocks of %d GPUs for a request of %d blocks (%d whole GPUs)",
+			mustGPUs, size, want)
 	}
 	chosen := make([]int, 0, want)
 	// GPUs holding required blocks first: they must be chosen, and whole.
@@ -212,8 +212,8 @@ func (r *Resource) noFit(st []gpuState, size, mustSlot int) error {
 	if mustSlot >= 0 {
 		ask += fmt.Sprintf(" including blocks the kubelet requires on %s", &r.gpus[mustSlot])
 	}
-	return noFitf("%s: cannot place %s: free blocks per GPU: %s; %d free in total. "+
+	return noFitf("cannot place %s: free blocks per GPU: %s; %d free in total. "+
 		"Blocks never span GPUs: %s, wait for blocks of one GPU to be released, or let the pod run on another node "+
 		"(the scheduler sees only the node total, see the docs on node-total scheduling)",
-		r.name, ask, b.String(), total, advice)
+		ask, b.String(), total, advice)
 }

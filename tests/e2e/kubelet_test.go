@@ -20,7 +20,6 @@ import (
 // root: the server takes any socket path.
 type kubeletStandIn struct {
 	t      *testing.T
-	dir    string
 	server dpserver.Server
 
 	// cdiSpec, when set, is checked at every registration: DESIGN §5 wants
@@ -41,7 +40,6 @@ func startKubelet(ctx context.Context, t *testing.T, dir, cdiSpec string) *kubel
 	t.Helper()
 	k := &kubeletStandIn{
 		t:       t,
-		dir:     dir,
 		cdiSpec: cdiSpec,
 		plugins: map[string]dpserver.DevicePlugin{},
 		devices: map[string][]*pluginapi.Device{},
