@@ -20,7 +20,12 @@ func (m *Monitor) timerLoop(ctx context.Context) {
 		var t clock.Timer
 		var fire <-chan time.Time
 		if !next.IsZero() {
-			t = m.opts.Clock.NewTimer(max(0, next.Sub(m.opts.Clock.Now())))
+			wait := next.Sub(m.opts.Clock.Now())
+			if wait <= 0 {
+				m.tick(ctx)
+				continue
+			}
+			t = m.opts.Clock.NewTimer(wait)
 			fire = t.C()
 		}
 		select {

@@ -57,11 +57,22 @@ func (r *testResource) Prefer(available, mustInclude []string, size int) ([]stri
 		if len(out) == size {
 			break
 		}
-		if !contains(out, id) {
+		if !contains(out, id) && r.serves(id) {
 			out = append(out, id)
 		}
 	}
 	return out, nil
+}
+
+// serves reports whether id is one of the resource's devices: Prefer must
+// ignore IDs it does not serve.
+func (r *testResource) serves(id string) bool {
+	for _, d := range r.devs {
+		if d.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *testResource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {

@@ -61,11 +61,11 @@ func (s *server) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 	}
 	for i, cr := range req.GetContainerRequests() {
 		available, must, size := cr.GetAvailableDeviceIDs(), cr.GetMustIncludeDeviceIDs(), int(cr.GetAllocationSize())
-		// The kubelet never repeats an available ID, and checking 800 blocks
-		// for repeats would cost a map per call: only must-include IDs are.
-		if err := snap.check(s.name, available, false); err != nil {
-			return nil, s.reject("GetPreferredAllocation", err)
-		}
+		// Available IDs are not checked: a re-plan may have just replaced
+		// the snapshot the kubelet's list came from, and refusing would fail
+		// admission where ignoring the stale IDs serves the pod. Resources
+		// ignore IDs they do not serve (and checking 800 blocks would cost
+		// ~10 µs a call). Must-include IDs are the kubelet's firm demands.
 		if len(must) > 0 {
 			if err := snap.check(s.name, must, true); err != nil {
 				return nil, s.reject("GetPreferredAllocation", err)

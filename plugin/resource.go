@@ -15,7 +15,9 @@ type Resource interface {
 	// not modify it.
 	Devices() []*pluginapi.Device
 	// Prefer answers GetPreferredAllocation for one container: size IDs out of
-	// available, including every ID of mustInclude.
+	// available, including every ID of mustInclude. available may hold IDs
+	// the resource no longer serves (the kubelet's view can lag a re-plan):
+	// they must be ignored, never returned.
 	Prefer(available, mustInclude []string, size int) ([]string, error)
 	// Allocate answers Allocate for one container. Errors should be gRPC
 	// status errors (codes.InvalidArgument for bad ID sets).

@@ -57,7 +57,7 @@ func (r *simpleResource) Prefer(available, mustInclude []string, size int) ([]st
 	}
 	free := make([]string, 0, len(available))
 	for _, id := range available {
-		if !taken[id] {
+		if _, ok := r.rank[id]; ok && !taken[id] {
 			free = append(free, id)
 		}
 	}
