@@ -7,7 +7,7 @@ export CGO_ENABLED := 1
 export CGO_CFLAGS  ?= -O2 -g -Wno-deprecated-declarations
 GOLANGCI_LINT_VERSION ?= v2.15.0
 
-.PHONY: all build demo test test-unit e2e lint bench clean
+.PHONY: all build demo test test-unit test-deployments e2e lint bench clean
 
 all: build
 
@@ -18,11 +18,17 @@ build:
 demo: build
 	./$(BIN) demo
 
-## test: unit tests (-race) and the kubelet end-to-end suite
-test: test-unit e2e
+## test: unit tests (-race), manifests and Helm chart, and the kubelet end-to-end suite
+test: test-unit test-deployments e2e
 
 test-unit:
 	$(GO) test -race -count=1 ./...
+
+## test-deployments: renders the Helm chart with Helm's Go SDK, decodes every
+## manifest strictly into k8s.io/api types, parses every example config
+## (deployments/ is its own module so the product never depends on Helm)
+test-deployments: build
+	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./...
 
 ## e2e: drives the real binary (built with -race) through the kubelet's own
 ## device-manager code; tests/ is its own module so the product never depends
@@ -35,6 +41,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd tests && $(GO) vet ./...
+	cd deployments && $(GO) vet ./...
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 

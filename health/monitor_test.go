@@ -200,6 +200,7 @@ func TestEventsMarkDevices(t *testing.T) {
 				tc.policy(&p)
 			}
 			h := start(t, tc.preset, p, nil)
+			h.listening(0) // Run registers every GPU at once
 			ev := h.inject(func() error { return tc.raise(h.sim, h.inv) })
 			require.Equal(t, tc.ignored, ev.Ignored, "event %+v", ev)
 			if tc.ignored {
