@@ -62,7 +62,7 @@ var examples = []request{
 }
 
 // Run runs the demo and writes its report to w.
-func Run(ctx context.Context, w io.Writer, o Options) error {
+func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if o.Simulate == "" {
 		o.Simulate = DefaultPreset
 	}
@@ -102,7 +102,9 @@ func Run(ctx context.Context, w io.Writer, o Options) error {
 	go func() { done <- d.Run(runCtx) }()
 	defer func() {
 		cancel()
-		<-done
+		if serveErr := <-done; err == nil {
+			err = serveErr
+		}
 	}()
 	waitCtx, waitCancel := context.WithTimeout(ctx, 15*time.Second)
 	defer waitCancel()

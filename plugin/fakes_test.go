@@ -173,7 +173,9 @@ func (e *testEnv) run(t testing.TB) {
 	go func() { e.done <- e.m.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		<-e.done
+		if err := <-e.done; err != nil {
+			t.Errorf("manager Run: %v", err)
+		}
 	})
 }
 

@@ -118,14 +118,14 @@ func TestGetPreferredAllocation(t *testing.T) {
 		want    [][]string
 		wantMsg []string // InvalidArgument naming these
 	}{
-		"delegates":           {req: req([]string{"g0", "g1", "g2"}, []string{"g2"}, 2), want: [][]string{{"g2", "g0"}}},
-		"whole set":           {req: req([]string{"g0", "g1"}, nil, 2), want: [][]string{{"g0", "g1"}}},
+		"delegates":                      {req: req([]string{"g0", "g1", "g2"}, []string{"g2"}, 2), want: [][]string{{"g2", "g0"}}},
+		"whole set":                      {req: req([]string{"g0", "g1"}, nil, 2), want: [][]string{{"g0", "g1"}}},
 		"stale available passed through": {req: req([]string{"zz", "g0"}, nil, 1), want: [][]string{{"g0"}}},
-		"unknown required":    {req: req([]string{"g0"}, []string{"yy"}, 1), wantMsg: []string{"unknown device IDs: yy"}},
-		"repeated required":   {req: req([]string{"g0", "g1"}, []string{"g0", "g0"}, 2), wantMsg: []string{"duplicate device IDs: g0"}},
-		"size over available": {req: req([]string{"g0"}, nil, 2), wantMsg: []string{gpu, "allocation size 2"}},
-		"zero size":           {req: req([]string{"g0"}, nil, 0), wantMsg: []string{"allocation size 0"}},
-		"no available":        {req: req(nil, nil, 1), wantMsg: []string{"allocation size 1 with 0 available"}},
+		"unknown required":               {req: req([]string{"g0"}, []string{"yy"}, 1), wantMsg: []string{"unknown device IDs: yy"}},
+		"repeated required":              {req: req([]string{"g0", "g1"}, []string{"g0", "g0"}, 2), wantMsg: []string{"duplicate device IDs: g0"}},
+		"size over available":            {req: req([]string{"g0"}, nil, 2), wantMsg: []string{gpu, "allocation size 2"}},
+		"zero size":                      {req: req([]string{"g0"}, nil, 0), wantMsg: []string{"allocation size 0"}},
+		"no available":                   {req: req(nil, nil, 1), wantMsg: []string{"allocation size 1 with 0 available"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
