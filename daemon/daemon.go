@@ -141,6 +141,8 @@ type Daemon struct {
 	unhealthy map[string]bool
 	deferred  map[string]string // GPU UUID → shape kept while allocated
 	warnedPR  bool              // warned once that pod-resources is absent
+
+	obs observers // health monitor and metrics (health.go, metrics.go)
 }
 
 // ConfigStatus says how the config stands, for logs, metrics and tests.
@@ -185,7 +187,8 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		status:    ConfigStatus{Generation: 1, Name: src.Name},
 		unhealthy: map[string]bool{},
 	}
-	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: o.OnAllocate})
+	d.initObservers()
+	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook()})
 	return d, nil
 }
 
@@ -237,6 +240,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	src := d.source
 	d.mu.Unlock()
 	logger.Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
+	// The health monitor and the metrics server stop with Run and are
+	// waited for.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer d.obs.looping.Store(2)
+	if err := d.startObservers(ctx, &wg); err != nil {
+		return err
+	}
 	if err := d.startWatchers(ctx); err != nil {
 		return err
 	}
@@ -248,9 +261,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { errc <- d.manager.Run(ctx) }()
 	poll := time.NewTicker(d.opts.DeferPollInterval)
 	defer poll.Stop()
+	d.obs.looping.Store(1)
 	for {
 		var err error
 		select {
+		case ch := <-d.obs.ping:
+			close(ch)
 		case <-ctx.Done():
 			return <-errc
 		case err := <-errc:
@@ -326,6 +342,7 @@ func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 	if d.opts.OnServed != nil {
 		d.opts.OnServed(st)
 	}
+	d.observe(ctx, st)
 	return nil
 }
 

@@ -29,8 +29,11 @@ import (
 const DefaultPreset = "dgxa100-mig"
 
 // demoConfig puts GPUs 2 and 3 in blocks shape; the preset has MIG on
-// GPUs 0 and 1, so the demo shows all three shapes.
+// GPUs 0 and 1, so the demo shows all three shapes. A short quiet period
+// lets the demo show a faulted GPU recover.
 const demoConfig = `version: v1
+health:
+  quietPeriod: 1s
 gpus:
   - match: {index: [2, 3]}
     shape: blocks
@@ -158,6 +161,9 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		if err := describe(w, cache, ids, resp); err != nil {
 			return err
 		}
+	}
+	if err := showFault(waitCtx, w, d, backend, kubelet); err != nil {
+		return fmt.Errorf("fault demo: %w", err)
 	}
 	fmt.Fprintf(w, "\nDone: every container above received exactly the device nodes of what it was allocated.\n")
 	return nil

@@ -182,7 +182,7 @@ func TestEventsMarkDevices(t *testing.T) {
 		},
 		"custom ignore list": {
 			preset:  "dgxa100",
-			policy:  func(p *Policy) { p.IgnoredXids = []uint64{48} },
+			policy:  func(p *Policy) { p.IgnoredXids = []uint64{13, 48} },
 			raise:   func(b *sim.Backend, _ *gpu.Inventory) error { return b.InjectXID(2, 48) },
 			ignored: true,
 		},

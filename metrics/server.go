@@ -1,0 +1,89 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+)
+
+// Probes answer /healthz and /readyz.
+type Probes struct {
+	// Live returns nil while the process and its main loop respond
+	// (/healthz, the liveness probe); nil means always live.
+	Live func(ctx context.Context) error
+	// Ready reports whether every resource is registered with the kubelet
+	// (/readyz); nil means always ready.
+	Ready func() bool
+}
+
+// liveTimeout bounds one /healthz check.
+const liveTimeout = 5 * time.Second
+
+// Handler serves /metrics from m and the probes.
+func (m *Metrics) Handler(p Probes) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if p.Live != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), liveTimeout)
+			defer cancel()
+			if err := p.Live(ctx); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if p.Ready != nil && !p.Ready() {
+			http.Error(w, ErrNotReady.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// Server is the metrics listener.
+type Server struct {
+	srv *http.Server
+	lis net.Listener
+}
+
+// Listen binds addr (e.g. ":9400") for h. Binding early makes a port
+// conflict an error at start-up rather than a silent absence of metrics.
+func Listen(addr string, h http.Handler) (*Server, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
+	}
+	return &Server{
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second},
+		lis: lis,
+	}, nil
+}
+
+// Addr is the bound address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// Serve serves until ctx ends, then shuts down within a second.
+func (s *Server) Serve(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	logger.Info("Serving metrics", "addr", s.lis.Addr().String(), "paths", "/metrics /healthz /readyz")
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = s.srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := s.srv.Serve(s.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	return nil
+}
