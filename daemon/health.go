@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -10,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpublocks/gpublocks/config"
+	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/health"
 	"github.com/gpublocks/gpublocks/metrics"
 )
@@ -47,6 +49,13 @@ func (d *Daemon) startObservers(ctx context.Context, wg *sync.WaitGroup) error {
 	logger := klog.FromContext(ctx)
 	if d.obs.metrics != nil {
 		h := d.obs.metrics.Handler(metrics.Probes{Live: d.Ping, Ready: d.manager.Registered})
+		if s, ok := d.backend.(*sim.Backend); ok {
+			// Simulated hardware only: fault injection for tests and demos.
+			mux := http.NewServeMux()
+			mux.Handle("/simulate/", s.FaultHandler())
+			mux.Handle("/", h)
+			h = mux
+		}
 		srv, err := metrics.Listen(d.opts.MetricsAddr, h)
 		if err != nil {
 			return err

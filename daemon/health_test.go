@@ -188,3 +188,26 @@ func (n *node) scrape(path string) string {
 	require.Equal(n.t, http.StatusOK, resp.StatusCode, "%s: %s", path, body)
 	return string(body)
 }
+
+func TestSimulatedFaultOverHTTP(t *testing.T) {
+	n := startNode(t, "dgxa100", "health: {quietPeriod: 1s}\n", func(o *Options) { o.MetricsAddr = "127.0.0.1:0" })
+	n.waitCount("nvidia.com/gpu", 8)
+	require.NoError(t, n.d.Manager().WaitRegistered(n.ctx))
+	resp, err := http.Post("http://"+n.d.MetricsAddr().String()+"/simulate/xid?gpu=5&xid=48", "", nil)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	uuid := n.d.State().Inventory.GPUs[5].UUID
+	p, err := n.kubelet.Plugin(n.ctx, "nvidia.com/gpu")
+	require.NoError(t, err)
+	require.NoError(t, p.WaitFor(n.ctx, func(devs []*pluginapi.Device) bool {
+		for _, d := range devs {
+			if d.ID == uuid {
+				return d.Health == pluginapi.Unhealthy
+			}
+		}
+		return false
+	}))
+	require.Equal(t, 7, p.Healthy())
+	n.waitCount("nvidia.com/gpu", 8) // recovered after the quiet period
+}

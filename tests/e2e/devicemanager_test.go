@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +49,16 @@ func (a *activePods) add(p *v1.Pod) {
 	a.pods = append(a.pods, p)
 }
 
+// remove forgets pods, as when they terminate: the device manager frees
+// their devices at its next allocation.
+func (a *activePods) remove(gone ...*v1.Pod) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pods = slices.DeleteFunc(a.pods, func(p *v1.Pod) bool {
+		return slices.ContainsFunc(gone, func(g *v1.Pod) bool { return g.UID == p.UID })
+	})
+}
+
 func (a *activePods) list() []*v1.Pod {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -55,14 +67,20 @@ func (a *activePods) list() []*v1.Pod {
 
 // gpuPod is a one-container pod asking for n GPUs.
 func gpuPod(name string, n int64) *v1.Pod {
+	return resourcePod(name, resourceName, n)
+}
+
+// resourcePod is a one-container pod asking for n of an extended resource,
+// with requests equal to limits as the API server insists.
+func resourcePod(name string, res v1.ResourceName, n int64) *v1.Pod {
 	q := *resource.NewQuantity(n, resource.DecimalSI)
 	return &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "e2e", UID: types.UID("uid-" + name)},
 		Spec: v1.PodSpec{Containers: []v1.Container{{
 			Name: "cuda",
 			Resources: v1.ResourceRequirements{
-				Limits:   v1.ResourceList{resourceName: q},
-				Requests: v1.ResourceList{resourceName: q},
+				Limits:   v1.ResourceList{res: q},
+				Requests: v1.ResourceList{res: q},
 			},
 		}}},
 	}
@@ -108,51 +126,166 @@ func startDeviceManager(t *testing.T, logger klog.Logger, pods *activePods) *dev
 	return m
 }
 
-// gpuCapacity returns how many GPUs the device manager would report in node
-// status, capacity and allocatable.
-func gpuCapacity(logger klog.Logger, m *devicemanager.ManagerImpl) (capacity, allocatable int64) {
-	c, a, _ := m.GetCapacity(logger)
-	cq, aq := c[resourceName], a[resourceName]
-	return cq.Value(), aq.Value()
+// kubeletNode is a gpublocks process registered with the kubelet's own
+// device manager on the real device-plugin directory.
+type kubeletNode struct {
+	ctx    context.Context
+	logger klog.Logger
+	pods   *activePods
+	// m is the running device manager; a simulated kubelet restart replaces it.
+	m      *devicemanager.ManagerImpl
+	opts   pluginOptions
+	plugin *pluginProcess
 }
 
-// waitForCapacity waits until the device manager reports n allocatable GPUs
-// and returns how long that took.
-func waitForCapacity(t *testing.T, logger klog.Logger, m *devicemanager.ManagerImpl, n int64, timeout time.Duration) time.Duration {
+// startKubeletNode claims /var/lib/kubelet/device-plugins, starts the
+// kubelet's device manager there, then gpublocks with the options configure
+// sets (simulation, config). It skips the test without root. Everything is
+// stopped and the directory restored when the test ends; callers wait for
+// the capacity they expect.
+func startKubeletNode(t *testing.T, configure func(*pluginOptions)) *kubeletNode {
 	t.Helper()
-	return eventually(t, timeout, func() bool {
-		c, a := gpuCapacity(logger, m)
-		return c == n && a == n
-	}, "device manager never reported %d allocatable %s", n, resourceName)
+	if os.Geteuid() != 0 {
+		t.Skipf("skipping: the kubelet's device manager hard-codes %s and needs root", pluginapi.KubeletSocket)
+	}
+	claimKubeletDir(t)
+	n := &kubeletNode{pods: &activePods{}}
+	n.ctx, n.logger = testContext(t)
+	n.m = startDeviceManager(t, n.logger, n.pods)
+	// Stop whichever manager is current when the test ends.
+	t.Cleanup(func() { _ = n.m.Stop(n.logger) })
+	n.opts = newPluginOptions(t)
+	n.opts.pluginDir = kubeletPluginDir
+	if configure != nil {
+		configure(&n.opts)
+	}
+	n.plugin = startPlugin(t, n.opts)
+	return n
 }
 
-// admit allocates pod's container through the device manager, as the kubelet
-// does at admission, and returns the CDI devices the runtime would get.
-func admit(ctx context.Context, t *testing.T, m *devicemanager.ManagerImpl, pods *activePods, pod *v1.Pod) []string {
+// restartKubelet stops the device manager and starts a new one, as a kubelet
+// restart does. It returns when the new one listens, with the time it was
+// started.
+func (n *kubeletNode) restartKubelet(t *testing.T) time.Time {
 	t.Helper()
-	pods.add(pod)
+	require.NoError(t, n.m.Stop(n.logger))
+	// The kubelet deletes every socket in the directory on start; do it
+	// before the new manager listens so the plugin sees its socket vanish.
+	require.NoError(t, removeSockets(kubeletPluginDir))
+	start := time.Now()
+	n.m = startDeviceManager(t, n.logger, n.pods)
+	return start
+}
+
+// capacities returns what the device manager would report in node status:
+// capacity (healthy and unhealthy devices) and allocatable (healthy) per
+// resource.
+func (n *kubeletNode) capacities() (capacity, allocatable map[string]int64) {
+	c, a, _ := n.m.GetCapacity(n.logger)
+	capacity, allocatable = map[string]int64{}, map[string]int64{}
+	for name, q := range c {
+		capacity[string(name)] = q.Value()
+	}
+	for name, q := range a {
+		allocatable[string(name)] = q.Value()
+	}
+	return capacity, allocatable
+}
+
+// waitForCapacity waits until the device manager reports exactly want[r]
+// devices of each resource r in want, all allocatable (healthy), and returns
+// how long that took. Resources not in want are not checked.
+func (n *kubeletNode) waitForCapacity(t *testing.T, want map[string]int64, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		capacity, allocatable := n.capacities()
+		if hasCapacity(capacity, allocatable, want) {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			require.FailNow(t, fmt.Sprintf("device manager did not report %v within %s", want, timeout),
+				"last capacity %v, allocatable %v", capacity, allocatable)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func hasCapacity(capacity, allocatable, want map[string]int64) bool {
+	for res, v := range want {
+		if capacity[res] != v || allocatable[res] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// admitted is what the kubelet recorded and hands the runtime for one
+// container.
+type admitted struct {
+	ids  []string          // device IDs checkpointed for the container
+	cdi  []string          // fully qualified CDI device names
+	envs map[string]string // environment from the device plugin
+}
+
+// tryAdmit allocates pod's single container through the device manager, as
+// the kubelet does at admission. On success the pod counts as active, and
+// the result is what the container runtime would receive.
+func (n *kubeletNode) tryAdmit(t *testing.T, pod *v1.Pod) (admitted, error) {
+	t.Helper()
 	c := &pod.Spec.Containers[0]
-	require.NoError(t, m.Allocate(ctx, pod, c, lifecycle.AddOperation))
-	opts, err := m.GetDeviceRunContainerOptions(ctx, pod, c)
+	// The kubelet counts a pod as active while it admits it.
+	n.pods.add(pod)
+	if err := n.m.Allocate(n.ctx, pod, c, lifecycle.AddOperation); err != nil {
+		n.pods.remove(pod)
+		return admitted{}, err
+	}
+	opts, err := n.m.GetDeviceRunContainerOptions(n.ctx, pod, c)
 	require.NoError(t, err)
 	require.NotNil(t, opts)
 	require.Empty(t, opts.Devices, "cdi-cri must not send DeviceSpecs")
 	require.Empty(t, opts.Mounts, "cdi-cri must not send Mounts")
 
-	var names []string
-	for _, d := range opts.CDIDevices {
-		require.True(t, strings.HasPrefix(d.Name, cdiKind+"=GPU-"), "CDI device %q", d.Name)
-		names = append(names, d.Name)
+	var a admitted
+	for res := range c.Resources.Limits {
+		for id := range n.m.GetDevices(string(pod.UID), c.Name)[string(res)] {
+			a.ids = append(a.ids, id)
+		}
 	}
-	requireDistinct(t, names)
+	for _, d := range opts.CDIDevices {
+		a.cdi = append(a.cdi, d.Name)
+	}
+	requireDistinct(t, a.ids)
+	requireDistinct(t, a.cdi)
+	a.envs = map[string]string{}
+	for _, e := range opts.Envs {
+		a.envs[e.Name] = e.Value
+	}
+	return a, nil
+}
 
-	// The names are the devices the kubelet checkpointed for the container.
+// admit is tryAdmit for a pod that must be admitted.
+func (n *kubeletNode) admit(t *testing.T, pod *v1.Pod) admitted {
+	t.Helper()
+	a, err := n.tryAdmit(t, pod)
+	require.NoError(t, err, "admitting pod %s", pod.Name)
+	return a
+}
+
+// admitGPUs admits a pod asking for whole GPUs and returns the CDI devices
+// the runtime would get: one per GPU the kubelet checkpointed, by UUID.
+func (n *kubeletNode) admitGPUs(t *testing.T, pod *v1.Pod) []string {
+	t.Helper()
+	a := n.admit(t, pod)
+	for _, name := range a.cdi {
+		require.True(t, strings.HasPrefix(name, cdiKind+"=GPU-"), "CDI device %q", name)
+	}
 	var want []string
-	for id := range m.GetDevices(string(pod.UID), c.Name)[resourceName] {
+	for _, id := range a.ids {
 		want = append(want, cdiName(id))
 	}
-	require.ElementsMatch(t, want, names)
-	return names
+	require.ElementsMatch(t, want, a.cdi)
+	return a.cdi
 }
 
 // TestKubeletDeviceManager runs gpublocks against the kubelet's device
@@ -160,58 +293,41 @@ func admit(ctx context.Context, t *testing.T, m *devicemanager.ManagerImpl, pods
 // this needs root, and its steps run in order in one test: two managers on
 // that path at once would fight over kubelet.sock.
 func TestKubeletDeviceManager(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skipf("skipping: the kubelet's device manager hard-codes %s and needs root", pluginapi.KubeletSocket)
-	}
-	claimKubeletDir(t)
-	ctx, logger := testContext(t)
-	pods := &activePods{}
-
-	m := startDeviceManager(t, logger, pods)
-	// m is replaced on the simulated kubelet restart; stop whichever is current.
-	t.Cleanup(func() { _ = m.Stop(logger) })
-	opts := newPluginOptions(t)
-	opts.pluginDir = kubeletPluginDir
-	plugin := startPlugin(t, opts)
+	n := startKubeletNode(t, nil)
+	all := map[string]int64{resourceName: dgxa100GPUs}
 
 	var first, second []string
 	t.Run("registers 8 allocatable GPUs", func(t *testing.T) {
-		took := waitForCapacity(t, logger, m, dgxa100GPUs, registerTimeout)
+		took := n.waitForCapacity(t, all, registerTimeout)
 		t.Logf("capacity %s=%d after %s", resourceName, dgxa100GPUs, took)
-		plugin.requireRunning(t)
+		n.plugin.requireRunning(t)
 	})
 
 	t.Run("a pod asking for 2 GPUs gets 2 CDI devices", func(t *testing.T) {
-		first = admit(ctx, t, m, pods, gpuPod("first", 2))
+		first = n.admitGPUs(t, gpuPod("first", 2))
 		require.Len(t, first, 2)
 	})
 
 	t.Run("a second pod gets 2 other GPUs", func(t *testing.T) {
-		second = admit(ctx, t, m, pods, gpuPod("second", 2))
+		second = n.admitGPUs(t, gpuPod("second", 2))
 		require.Len(t, second, 2)
 		require.NotContains(t, second, first[0])
 		require.NotContains(t, second, first[1])
 	})
 
 	t.Run("re-registers within 2s after a kubelet restart", func(t *testing.T) {
-		require.NoError(t, m.Stop(logger))
-		// The kubelet deletes every socket in the directory on start; do it
-		// before the new manager listens so the plugin sees its socket vanish.
-		require.NoError(t, removeSockets(kubeletPluginDir))
-
-		start := time.Now()
-		m = startDeviceManager(t, logger, pods)
-		waitForCapacity(t, logger, m, dgxa100GPUs, registerTimeout)
+		start := n.restartKubelet(t)
+		n.waitForCapacity(t, all, registerTimeout)
 		took := time.Since(start)
 		t.Logf("re-registered with %s=%d %s after the kubelet restart", resourceName, dgxa100GPUs, took)
 		require.Less(t, took, reregisterBudget)
-		plugin.requireRunning(t)
+		n.plugin.requireRunning(t)
 	})
 
 	t.Run("after the restart a pod gets only GPUs nobody holds", func(t *testing.T) {
 		// The new manager restored the first two pods' devices from its
 		// checkpoint; that only works because the plugin offers the same IDs.
-		third := admit(ctx, t, m, pods, gpuPod("third", 4))
+		third := n.admitGPUs(t, gpuPod("third", 4))
 		require.Len(t, third, 4)
 		for _, name := range append(append([]string{}, first...), second...) {
 			require.NotContains(t, third, name)

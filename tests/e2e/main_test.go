@@ -132,11 +132,17 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
-// pluginOptions are the directories one gpublocks process works in.
+// pluginOptions are the directories one gpublocks process works in, and
+// what it simulates.
 type pluginOptions struct {
 	pluginDir string // --device-plugin-dir
 	cdiDir    string // --cdi-dir
 	rootDir   string // empty --driver-root and --dev-root: hermetic, no host files
+	simulate  string // --simulate preset or file; "" means dgxa100
+	config    string // --config file or directory; "" means built-in defaults
+	// metricsAddr is --metrics-addr; "" disables the metrics server, so that
+	// tests running side by side never fight over a port.
+	metricsAddr string
 }
 
 // newPluginOptions returns options with fresh temporary directories for
@@ -163,19 +169,26 @@ type pluginProcess struct {
 	waitErr error
 }
 
-// startPlugin runs `gpublocks serve` on the simulated dgxa100 preset. The
-// process is killed at the end of the test if it is still running, and its
-// output is logged when the test failed.
+// startPlugin runs `gpublocks serve` on simulated hardware (the dgxa100
+// preset unless o says otherwise). The process is killed at the end of the
+// test if it is still running, and its output is logged when the test failed.
 func startPlugin(t *testing.T, o pluginOptions) *pluginProcess {
 	t.Helper()
+	simulate := o.simulate
+	if simulate == "" {
+		simulate = "dgxa100"
+	}
 	args := []string{
 		"serve",
-		"--simulate", "dgxa100",
+		"--simulate", simulate,
 		"--device-plugin-dir", o.pluginDir,
 		"--cdi-dir", o.cdiDir,
 		"--driver-root", o.rootDir,
 		"--dev-root", o.rootDir,
-		"--metrics-addr", "",
+		"--metrics-addr", o.metricsAddr,
+	}
+	if o.config != "" {
+		args = append(args, "--config", o.config)
 	}
 	p := &pluginProcess{
 		cmd:  exec.Command(gpublocksBin, args...),
