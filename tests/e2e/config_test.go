@@ -111,6 +111,13 @@ const configErrorsMetric = "gpublocks_config_errors_total"
 // configErrors scrapes /metrics on addr and returns configErrorsMetric.
 func configErrors(t *testing.T, addr string) float64 {
 	t.Helper()
+	return metricValue(t, addr, configErrorsMetric)
+}
+
+// metricValue scrapes /metrics on addr and returns the value of the series
+// written exactly as series (name, and labels in Prometheus' sorted order).
+func metricValue(t *testing.T, addr, series string) float64 {
+	t.Helper()
 	client := &http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get("http://" + addr + "/metrics")
 	require.NoError(t, err, "gpublocks serves no /metrics on --metrics-addr %s", addr)
@@ -119,7 +126,7 @@ func configErrors(t *testing.T, addr string) float64 {
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	for line := range strings.Lines(string(body)) {
-		value, ok := strings.CutPrefix(strings.TrimSpace(line), configErrorsMetric+" ")
+		value, ok := strings.CutPrefix(strings.TrimSpace(line), series+" ")
 		if !ok {
 			continue
 		}
@@ -127,7 +134,7 @@ func configErrors(t *testing.T, addr string) float64 {
 		require.NoError(t, err, "metric line %q", line)
 		return v
 	}
-	require.FailNow(t, "metric missing", "no %s in /metrics:\n%s", configErrorsMetric, body)
+	require.FailNow(t, "metric missing", "no %s in /metrics:\n%s", series, body)
 	return 0
 }
 
