@@ -45,9 +45,10 @@ lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
-## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, RSS at ready
+## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency, RSS at ready
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./plugin/ ./blocks/
+	$(GO) test -run '^$$' -bench XIDToListAndWatch -benchtime 300x ./daemon/
 	GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench RSS -benchtime 1x ./daemon/
 
 clean:
