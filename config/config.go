@@ -216,8 +216,11 @@ func (c *Config) Validate() error {
 		}
 		seen[s] = true
 	}
-	if !validName(c.Blocks.ResourceName) {
-		bad("blocks.resourceName: %q must be a lowercase name such as \"gpu-blocks\" (letters, digits, '-', '.', no domain)", c.Blocks.ResourceName)
+	switch n := c.Blocks.ResourceName; {
+	case !validName(n):
+		bad("blocks.resourceName: %q must be a lowercase name such as \"gpu-blocks\" (letters, digits, '-', '.', starting and ending with a letter or digit, no domain)", n)
+	case n == "gpu" || strings.HasPrefix(n, "mig-"):
+		bad("blocks.resourceName: %q is taken by whole GPUs (gpu) or MIG devices (mig-<profile>); choose another, such as \"gpu-blocks\"", n)
 	}
 	if c.Blocks.Policy != PolicyBinpack && c.Blocks.Policy != PolicySpread {
 		bad("blocks.policy: %q is not one of binpack, spread", c.Blocks.Policy)
@@ -245,6 +248,9 @@ func (c *Config) Validate() error {
 		}
 		if n != 1 {
 			bad("%s.match: set exactly one of index, uuid, model (got %d)", p, n)
+		}
+		if (r.Match.Index != nil && len(r.Match.Index) == 0) || (r.Match.UUID != nil && len(r.Match.UUID) == 0) {
+			bad("%s.match: an empty list matches no GPU; list at least one index or uuid, or remove the rule", p)
 		}
 		for j, idx := range r.Match.Index {
 			if idx < 0 {
@@ -318,5 +324,7 @@ func validName(s string) bool {
 			return false
 		}
 	}
-	return s[0] != '-' && s[0] != '.'
+	return isAlnum(s[0]) && isAlnum(s[len(s)-1])
 }
+
+func isAlnum(b byte) bool { return (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') }

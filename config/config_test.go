@@ -106,6 +106,22 @@ gpus: [{match: {}, shape: mig}]
 			in:      "- a\n- b",
 			wantErr: []string{"must be a mapping"},
 		},
+		"blocks resource may not shadow whole GPUs": {
+			in:      "blocks: {resourceName: gpu}",
+			wantErr: []string{`blocks.resourceName: "gpu" is taken`},
+		},
+		"blocks resource may not shadow MIG": {
+			in:      "blocks: {resourceName: mig-1g.10gb}",
+			wantErr: []string{`blocks.resourceName: "mig-1g.10gb" is taken`},
+		},
+		"blocks resource must end alphanumeric": {
+			in:      "blocks: {resourceName: gpu-}",
+			wantErr: []string{`blocks.resourceName: "gpu-"`},
+		},
+		"empty match list": {
+			in:      "gpus: [{match: {index: []}, shape: blocks}]",
+			wantErr: []string{"gpus[0].match: an empty list matches no GPU"},
+		},
 		"bad domain": {
 			in:      "resourceDomain: Nvidia_com",
 			wantErr: []string{"resourceDomain"},
@@ -193,9 +209,24 @@ func TestLoadDirReportsEveryBadFile(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "a"), []byte("polcy: x"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "b"), []byte("version: v9"), 0o644))
-	_, err := LoadDir(dir)
-	require.ErrorContains(t, err, filepath.Join(dir, "a"))
-	require.ErrorContains(t, err, filepath.Join(dir, "b"))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "default"), []byte("version: v1"), 0o644))
+	set, err := LoadDir(dir)
+	require.NoError(t, err)
+	require.ErrorContains(t, set.Err(), filepath.Join(dir, "a"))
+	require.ErrorContains(t, set.Err(), filepath.Join(dir, "b"))
+	require.Equal(t, []string{"a", "b", "default"}, set.Names())
+
+	// One team's broken key does not stop the nodes using another.
+	c, src, err := set.Pick("")
+	require.NoError(t, err)
+	require.Equal(t, Default(), c)
+	require.Len(t, src.Others, 2)
+
+	// A node that chose the broken key is told which key and why.
+	_, _, err = set.Pick("a")
+	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorContains(t, err, `config "a", chosen by node label gpublocks.io/config=a`)
+	require.ErrorContains(t, err, "unknown key polcy")
 }
 
 func FuzzParse(f *testing.F) {

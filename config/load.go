@@ -6,7 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -21,14 +22,29 @@ type Source struct {
 	Path   string // file read; "" for built-in defaults
 	Name   string // named config chosen from a directory; "" for a file
 	Reason string // why this one was chosen
+	// Others are the errors of the directory's other configs, which this
+	// node does not use: worth a warning, not a reason to stop.
+	Others []error
 }
 
-// Set is every named config found at a path: one file is one config named
-// after the file, a directory (a mounted ConfigMap) holds one config per key.
+// Set is every named config found in a directory (a mounted ConfigMap holds
+// one config per key). A bad key is kept as an error, so that it fails only
+// the nodes that choose it.
 type Set struct {
 	Dir     string
 	Configs map[string]*Config
 	Files   map[string]string // name → file
+	Errors  map[string]error  // name → why that config is invalid
+}
+
+// Err joins the errors of every invalid config in the set, nil when all are
+// valid (what `gpublocks config validate DIR` reports).
+func (s *Set) Err() error {
+	var errs []error
+	for _, n := range slices.Sorted(maps.Keys(s.Errors)) {
+		errs = append(errs, s.Errors[n])
+	}
+	return errors.Join(errs...)
 }
 
 // Load reads path and picks the config for a node whose label value is
@@ -68,71 +84,73 @@ func LoadFile(path string) (*Config, error) {
 
 // LoadDir parses every config in a directory. Hidden entries (the
 // ConfigMap volume's "..data" machinery) are skipped; "name.yaml",
-// "name.yml" and "name" all define config "name". Every bad file is
-// reported, not only the first.
+// "name.yml" and "name" all define config "name". A bad config is recorded
+// in Errors under its name; only an unreadable directory, or one with no
+// config at all, is an error here.
 func LoadDir(dir string) (*Set, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	set := &Set{Dir: dir, Configs: map[string]*Config{}, Files: map[string]string{}}
-	var errs []error
+	set := &Set{Dir: dir, Configs: map[string]*Config{}, Files: map[string]string{}, Errors: map[string]error{}}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
+		name := strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".yaml"), ".yml")
 		st, err := os.Stat(p) // follow the ConfigMap's symlinks
 		if err != nil || st.IsDir() {
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("%s: %w", p, err))
+				set.Errors[name] = fmt.Errorf("%w: %s: %w", ErrInvalid, p, err)
 			}
 			continue
 		}
-		name := strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".yaml"), ".yml")
-		if prev, dup := set.Files[name]; dup {
-			errs = append(errs, fmt.Errorf("%w: %s and %s both define config %q", ErrInvalid, prev, p, name))
+		if prev, dup := set.Files[name]; dup || set.Errors[name] != nil {
+			set.Errors[name] = fmt.Errorf("%w: %s and %s both define config %q", ErrInvalid, prev, p, name)
+			delete(set.Configs, name)
 			continue
 		}
+		set.Files[name] = p
 		c, err := LoadFile(p)
 		if err != nil {
-			errs = append(errs, err)
+			set.Errors[name] = err
 			continue
 		}
 		set.Configs[name] = c
-		set.Files[name] = p
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if len(set.Configs) == 0 {
+	if len(set.Files) == 0 {
 		return nil, fmt.Errorf("%w: %s holds no config files", ErrInvalid, dir)
 	}
 	return set, nil
 }
 
-// Names returns the config names, sorted.
-func (s *Set) Names() []string {
-	names := make([]string, 0, len(s.Configs))
-	for n := range s.Configs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+// Names returns the names of every config file in the set, valid or not,
+// sorted.
+func (s *Set) Names() []string { return slices.Sorted(maps.Keys(s.Files)) }
 
-// Pick chooses the config for a node label value.
+// Pick chooses the config for a node label value. Only the chosen config
+// must be valid: the others' errors come back in Source.Others.
 func (s *Set) Pick(label string) (*Config, Source, error) {
-	if label != "" {
-		if c, ok := s.Configs[label]; ok {
-			return c, Source{Path: s.Files[label], Name: label, Reason: fmt.Sprintf("node label %s=%s", NodeLabel, label)}, nil
+	name, reason := label, fmt.Sprintf("node label %s=%s", NodeLabel, label)
+	if label == "" {
+		name, reason = DefaultName, fmt.Sprintf("node has no %s label", NodeLabel)
+	}
+	if err := s.Errors[name]; err != nil {
+		return nil, Source{}, fmt.Errorf("config %q, chosen by %s: %w", name, reason, err)
+	}
+	c, ok := s.Configs[name]
+	if !ok {
+		if label != "" {
+			return nil, Source{}, fmt.Errorf("%w: node label %s=%s names no config in %s (have: %s); fix the label or add the key to the ConfigMap",
+				ErrInvalid, NodeLabel, label, s.Dir, strings.Join(s.Names(), ", "))
 		}
-		return nil, Source{}, fmt.Errorf("%w: node label %s=%s names no config in %s (have: %s); fix the label or add the key to the ConfigMap",
-			ErrInvalid, NodeLabel, label, s.Dir, strings.Join(s.Names(), ", "))
+		return nil, Source{}, fmt.Errorf("%w: %s has no %q config and the node has no %s label (have: %s)",
+			ErrInvalid, s.Dir, DefaultName, NodeLabel, strings.Join(s.Names(), ", "))
 	}
-	if c, ok := s.Configs[DefaultName]; ok {
-		return c, Source{Path: s.Files[DefaultName], Name: DefaultName, Reason: fmt.Sprintf("node has no %s label", NodeLabel)}, nil
+	src := Source{Path: s.Files[name], Name: name, Reason: reason}
+	for _, n := range slices.Sorted(maps.Keys(s.Errors)) {
+		src.Others = append(src.Others, s.Errors[n])
 	}
-	return nil, Source{}, fmt.Errorf("%w: %s has no %q config and the node has no %s label (have: %s)",
-		ErrInvalid, s.Dir, DefaultName, NodeLabel, strings.Join(s.Names(), ", "))
+	return c, src, nil
 }

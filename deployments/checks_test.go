@@ -249,6 +249,9 @@ func loadConfigMap(t *testing.T, cm *corev1.ConfigMap) *config.Set {
 		}
 	}
 	set, err := config.LoadDir(dir)
+	if err == nil {
+		err = set.Err()
+	}
 	if err != nil {
 		t.Fatalf("ConfigMap %s/%s does not load with config.LoadDir: %v", cm.Namespace, cm.Name, err)
 	}

@@ -149,9 +149,11 @@ func newConfigCommand() *cobra.Command {
 				return err
 			}
 			for _, n := range set.Names() {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", set.Files[n])
+				if set.Errors[n] == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", set.Files[n])
+				}
 			}
-			return nil
+			return set.Err()
 		},
 	})
 	return cmd

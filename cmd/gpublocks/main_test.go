@@ -110,3 +110,9 @@ func TestVersion(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(out, "gpublocks "), out)
 }
+
+func TestInspectNodeNameOutsideClusterSaysWhatToDo(t *testing.T) {
+	_, err := run(t, "inspect", "--simulate", "dgxa100", "--node-name", "gpu-1")
+	require.ErrorContains(t, err, "--node-name gpu-1")
+	require.ErrorContains(t, err, "drop --node-name")
+}
