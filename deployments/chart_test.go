@@ -249,11 +249,10 @@ func TestChartDriverRoot(t *testing.T) {
 	for name, tc := range map[string]struct {
 		values, want, wantErr string
 	}{
-		"host driver":             {values: `paths: {driverRoot: /}`, want: "/host"},
-		"gpu operator":            {values: `paths: {driverRoot: /run/nvidia/driver/}`, want: "/host/run/nvidia/driver"},
-		"host root below /":       {values: `paths: {hostRoot: /mnt/root, driverRoot: /mnt/root/opt/nvidia}`, want: "/host/opt/nvidia"},
-		"driver outside the host": {values: `paths: {hostRoot: /mnt/root, driverRoot: /opt/nvidia}`, wantErr: "must be under paths.hostRoot"},
-		"no config":               {values: `config: null`, wantErr: "config must hold at least one named config"},
+		"host driver":          {values: `paths: {driverRoot: /}`, want: "/host"},
+		"gpu operator":         {values: `paths: {driverRoot: /run/nvidia/driver/}`, want: "/host/run/nvidia/driver"},
+		"relative driver root": {values: `paths: {driverRoot: run/nvidia}`, wantErr: "must be an absolute host path"},
+		"no config":            {values: `config: null`, wantErr: "config must hold at least one named config"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			objs, _, err := render(t, "gpublocks", "gpublocks", tc.values)

@@ -55,19 +55,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 --driver-root as the container sees it: the host's driverRoot below the /host
-mount of hostRoot. The plugin strips --dev-root (/host) again to publish host
-paths in the CDI spec.
+mount of the host's /. The plugin strips --dev-root (/host) again to publish
+host paths in the CDI spec.
 */}}
 {{- define "gpublocks.driverRoot" -}}
-{{- $host := clean .Values.paths.hostRoot -}}
 {{- $drv := clean .Values.paths.driverRoot -}}
-{{- if eq $host $drv -}}
+{{- if not (isAbs $drv) -}}
+{{- fail (printf "paths.driverRoot (%s) must be an absolute host path such as / or /run/nvidia/driver" $drv) -}}
+{{- else if eq $drv "/" -}}
 /host
-{{- else if eq $host "/" -}}
-{{- printf "/host%s" $drv -}}
-{{- else if hasPrefix (printf "%s/" $host) $drv -}}
-{{- printf "/host%s" (trimPrefix $host $drv) -}}
 {{- else -}}
-{{- fail (printf "paths.driverRoot (%s) must be under paths.hostRoot (%s)" $drv $host) -}}
+{{- printf "/host%s" $drv -}}
 {{- end -}}
 {{- end -}}
