@@ -9,8 +9,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/daemon"
+	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/plugin/fakekubelet"
 )
 
@@ -158,19 +161,19 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 			fmt.Fprintf(w, "   refused: %s\n", grpcMessage(err))
 			continue
 		}
-		if err := describe(w, cache, ids, resp); err != nil {
+		if err := describe(w, cache, st.Inventory, ids, resp); err != nil {
 			return err
 		}
 	}
 	if err := showFault(waitCtx, w, d, backend, kubelet); err != nil {
 		return fmt.Errorf("fault demo: %w", err)
 	}
-	fmt.Fprintf(w, "\nDone: every container above received exactly the device nodes of what it was allocated.\n")
+	fmt.Fprintf(w, "\nDone: every container above received exactly the device nodes of what it was allocated (checked).\n")
 	return nil
 }
 
 // describe prints what a container receives.
-func describe(w io.Writer, cache *cdiapi.Cache, ids []string, resp *pluginapi.ContainerAllocateResponse) error {
+func describe(w io.Writer, cache *cdiapi.Cache, inv *gpu.Inventory, ids []string, resp *pluginapi.ContainerAllocateResponse) error {
 	fmt.Fprintf(w, "   devices:  %s\n", summarize(ids))
 	var names []string
 	for _, c := range resp.CdiDevices {
@@ -198,7 +201,50 @@ func describe(w io.Writer, cache *cdiapi.Cache, ids []string, resp *pluginapi.Co
 		nodes = append(nodes, fmt.Sprintf("%s (%s %d:%d)", d.Path, d.Type, d.Major, d.Minor))
 	}
 	fmt.Fprintf(w, "   nodes:    %s\n", orNone(strings.Join(nodes, ", ")))
+	if err := checkOwned(inv, ids, spec.Linux.Devices); err != nil {
+		return err
+	}
 	fmt.Fprintf(w, "   CDI env:  %s, %d driver mounts\n", orNone(strings.Join(spec.Process.Env, " ")), len(spec.Mounts))
+	return nil
+}
+
+// checkOwned verifies what the demo claims: the GPU and capability nodes a
+// container received are exactly those of the devices it was allocated
+// (its GPUs, or its MIG devices' parents and their two capabilities);
+// control nodes aside, nothing more.
+func checkOwned(inv *gpu.Inventory, ids []string, got []oci.LinuxDevice) error {
+	want := map[string]bool{}
+	for _, id := range ids {
+		if uuid, _, err := blocks.ParseID(id); err == nil {
+			id = uuid
+		}
+		for _, g := range inv.GPUs {
+			if g.UUID == id {
+				want[g.Node.Path] = true
+			}
+			for _, m := range g.MigDevices {
+				if m.UUID == id {
+					want[g.Node.Path] = true
+					for _, c := range m.CapNodes {
+						want[c.Path] = true
+					}
+				}
+			}
+		}
+	}
+	control := map[string]bool{}
+	for _, c := range inv.ControlNodes {
+		control[c.Path] = true
+	}
+	have := map[string]bool{}
+	for _, d := range got {
+		if !control[d.Path] {
+			have[d.Path] = true
+		}
+	}
+	if !maps.Equal(want, have) {
+		return fmt.Errorf("devices %v: the container received nodes %v, but owns %v", ids, slices.Sorted(maps.Keys(have)), slices.Sorted(maps.Keys(want)))
+	}
 	return nil
 }
 
