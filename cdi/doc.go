@@ -24,16 +24,22 @@
 //     ("0"), with its /dev/nvidia<minor> node;
 //   - every MIG device of a MIG-enabled GPU, named by MIG UUID and by
 //     "<gpu-index>:<mig-index>", with its parent's node and its GI and CI
-//     capability nodes (/dev/nvidia-caps/nvidia-cap<N>). A MIG-enabled GPU
-//     has no whole-GPU device, and a MIG device whose capability nodes are
-//     unknown is left out and reported, never published half-usable;
+//     capability nodes (/dev/nvidia-caps/nvidia-cap<N>). A MIG device whose
+//     capability nodes are unknown is left out and reported, never
+//     published half-usable. A MIG-enabled GPU has no whole-GPU device
+//     unless it is offered whole, which the planner does only under
+//     migStrategy none (that strategy advertises MIG GPUs whole); it then
+//     has both;
 //   - spec-wide edits that every container with at least one of our devices
 //     gets: the control nodes (nvidiactl, nvidia-uvm, nvidia-uvm-tools), the
 //     driver's user-space libraries and tools as read-only bind mounts, and
 //     NVIDIA_VISIBLE_DEVICES=void so that a legacy NVIDIA hook adds nothing.
 //
 // Every device node carries its type, major and minor, so a runtime never has
-// to stat the host path (which it may not see). The spec's cdiVersion is the
+// to stat the host path (which it may not see) and creates the node in the
+// container even where the driver has not created it on the host yet (UVM
+// and MIG capability nodes appear lazily; discovery takes their majors from
+// /proc/devices, see gpu.DeviceNode.Absent). The spec's cdiVersion is the
 // lowest version its content needs (specs.MinimumRequiredVersion), not the
 // library's current one: older runtimes reject versions they do not know.
 // Output is deterministic, so an unchanged inventory gives identical bytes.

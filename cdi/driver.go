@@ -18,6 +18,8 @@ import (
 
 	"k8s.io/klog/v2"
 	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpublocks/gpublocks/gpu"
 )
 
 // driverLibraries are the user-space driver libraries a CUDA, NVML or OpenCL
@@ -45,23 +47,6 @@ var driverTools = []string{
 	"nvidia-persistenced",
 	"nvidia-smi",
 }
-
-// libraryDirs are searched in this order under the driver root; the first
-// copy of a real file wins. Multiarch directories come first (Debian,
-// Ubuntu), then lib64 (RHEL, SUSE), then plain lib (distributions without
-// either). Symlinked directories (merged /usr) are resolved and searched once.
-var libraryDirs = []string{
-	"usr/lib/x86_64-linux-gnu",
-	"lib/x86_64-linux-gnu",
-	"usr/lib/aarch64-linux-gnu",
-	"lib/aarch64-linux-gnu",
-	"usr/lib64",
-	"lib64",
-	"usr/lib",
-	"lib",
-}
-
-var toolDirs = []string{"usr/bin", "bin"}
 
 // mountOptions make every driver file read-only and inert as a device or
 // set-uid source: a container can use the driver but not alter it.
@@ -118,11 +103,15 @@ func (d DriverFiles) Mounts() []*specs.Mount {
 }
 
 // FindDriverFiles searches driverRoot for the driver's user-space libraries
-// and tools. Symlinks are resolved inside driverRoot, as the host would
-// resolve them with driverRoot as "/". Nothing found is not an error (the
-// simulated mode has no driver): the result is empty and a note is logged.
-// Only unexpected I/O errors, such as a directory that cannot be read, are
-// returned, wrapping ErrDriverFiles.
+// (in gpu.DriverLibraryDirs, the directories NVML is loaded from too) and
+// tools (in gpu.DriverToolDirs). Symlinks are resolved inside driverRoot
+// (gpu.ResolveInRoot), as the host would resolve them with driverRoot as
+// "/"; a directory reached twice through symlinks (merged /usr) is searched
+// once. Nothing found is not an error (the simulated mode has no driver):
+// the result is empty and a note is logged at default verbosity; a caller
+// that knows a real driver is in use (NVML loaded) should treat Empty as the
+// misconfiguration it is. Only unexpected I/O errors, such as a directory
+// that cannot be read, are returned, wrapping ErrDriverFiles.
 func FindDriverFiles(ctx context.Context, driverRoot string) (DriverFiles, error) {
 	return findDriverFiles(ctx, driverRoot, runtime.GOARCH)
 }
@@ -143,7 +132,11 @@ func findDriverFiles(ctx context.Context, root, goarch string) (DriverFiles, err
 	files.Tools = tools
 
 	if files.Empty() {
-		logger.Info("No NVIDIA driver libraries or tools under the driver root; containers get device nodes only")
+		// Info, not Error: the simulated mode has no driver, and this
+		// package cannot know whether NVML loaded. With a real driver it
+		// is a misconfiguration the operator must see at default verbosity.
+		logger.Info("No NVIDIA driver libraries or tools found under the driver root: containers will get device nodes only; "+
+			"check --driver-root", "libraryDirs", gpu.DriverLibraryDirs, "toolDirs", gpu.DriverToolDirs)
 	} else {
 		logger.V(2).Info("Found driver files", "libraries", len(files.Libraries), "tools", len(files.Tools))
 	}
@@ -163,8 +156,8 @@ func findLibraries(logger klog.Logger, root, goarch string) ([]DriverFile, error
 	bySource := map[string]*libraryCandidate{}
 	var order []string
 	seenDirs := map[string]bool{}
-	for _, dir := range libraryDirs {
-		resolved, err := resolveInRoot(root, dir)
+	for _, dir := range gpu.DriverLibraryDirs {
+		resolved, err := gpu.ResolveInRoot(root, dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -189,7 +182,7 @@ func findLibraries(logger klog.Logger, root, goarch string) ([]DriverFile, error
 				continue
 			}
 			rel := path.Join(resolved, e.Name())
-			source, err := resolveInRoot(root, rel)
+			source, err := gpu.ResolveInRoot(root, rel)
 			if err != nil {
 				logger.V(2).Info("Skipping unresolvable driver library", "path", rel, "err", err)
 				continue
@@ -350,9 +343,9 @@ func elfSoname(file, goarch string) (soname string, ok bool) {
 func findTools(logger klog.Logger, root string) ([]DriverFile, error) {
 	var out []DriverFile
 	for _, name := range driverTools {
-		for _, dir := range toolDirs {
+		for _, dir := range gpu.DriverToolDirs {
 			rel := path.Join(dir, name)
-			source, err := resolveInRoot(root, rel)
+			source, err := gpu.ResolveInRoot(root, rel)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
@@ -369,54 +362,4 @@ func findTools(logger klog.Logger, root string) ([]DriverFile, error) {
 		}
 	}
 	return out, nil
-}
-
-// errTooManyLinks stops symlink loops, like ELOOP.
-var errTooManyLinks = errors.New("too many levels of symbolic links")
-
-// resolveInRoot resolves rel, a slash-separated path below root, following
-// every symlink as if root were "/": absolute targets restart at root and
-// ".." never climbs above it. It returns the resolved path relative to root.
-// filepath.EvalSymlinks would follow an absolute link out of a driver root
-// such as /host into this container's own /usr/lib.
-func resolveInRoot(root, rel string) (string, error) {
-	const maxLinks = 40
-	var done []string
-	todo := strings.Split(rel, "/")
-	links := 0
-	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(done) > 0 {
-				done = done[:len(done)-1]
-			}
-			continue
-		}
-		next := path.Join(append(slices.Clone(done), c)...)
-		full := filepath.Join(root, filepath.FromSlash(next))
-		fi, err := os.Lstat(full)
-		if err != nil {
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			done = append(done, c)
-			continue
-		}
-		if links++; links > maxLinks {
-			return "", fmt.Errorf("%s: %w", rel, errTooManyLinks)
-		}
-		target, err := os.Readlink(full)
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(target, "/") {
-			done = done[:0]
-		}
-		todo = append(strings.Split(target, "/"), todo...)
-	}
-	return path.Join(done...), nil
 }

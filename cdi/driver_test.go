@@ -1,6 +1,7 @@
 package cdi
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"k8s.io/klog/v2/ktesting"
+
+	"github.com/gpublocks/gpublocks/gpu"
 )
 
 func TestFindDriverFiles(t *testing.T) {
@@ -75,6 +78,49 @@ func TestFindDriverFiles(t *testing.T) {
 				"usr/lib64/libnvidia-ml.so.1": "->libnvidia-ml.so.1",
 			},
 		},
+		"gke layout under /usr/local/nvidia": {
+			files: tree{
+				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      "fake libcuda",
+				"usr/local/nvidia/lib64/libcuda.so.1":              "->libcuda.so.550.54.15",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": "fake nvml",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.1":         "->libnvidia-ml.so.550.54.15",
+				"usr/local/nvidia/bin/nvidia-smi":                  "fake nvidia-smi",
+			},
+			wantLibs:  gkeLibs,
+			wantTools: []DriverFile{{Source: "usr/local/nvidia/bin/nvidia-smi", Paths: []string{"/usr/bin/nvidia-smi"}}},
+		},
+		"/usr/local/nvidia/lib64 with absolute links from /lib and tools in /usr/bin": {
+			// Our H100 test machine: NVML is reachable through /lib, libcuda
+			// only in /usr/local/nvidia/lib64.
+			files: tree{
+				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      "fake libcuda",
+				"usr/local/nvidia/lib64/libcuda.so.1":              "->libcuda.so.550.54.15",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": "fake nvml",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.1":         "->libnvidia-ml.so.550.54.15",
+				"lib/libnvidia-ml.so.1":                            "->/usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15",
+				"usr/bin/nvidia-smi":                               "fake nvidia-smi",
+			},
+			wantLibs:  gkeLibs,
+			wantTools: []DriverFile{{Source: "usr/bin/nvidia-smi", Paths: []string{"/usr/bin/nvidia-smi"}}},
+		},
+		"debian alternatives into nvidia/current": {
+			files: tree{
+				"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.550.54.15": "fake libcuda",
+				"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1":         "->libcuda.so.550.54.15",
+				"usr/lib/x86_64-linux-gnu/libcuda.so.1":                        "->/etc/alternatives/libcuda.so.1-x86_64-linux-gnu",
+				"etc/alternatives/libcuda.so.1-x86_64-linux-gnu":               "->/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1",
+				"usr/bin/nvidia-smi":                  "->/etc/alternatives/nvidia--nvidia-smi",
+				"etc/alternatives/nvidia--nvidia-smi": "->/usr/lib/nvidia/current/nvidia-smi",
+				"usr/lib/nvidia/current/nvidia-smi":   "fake nvidia-smi",
+			},
+			wantLibs: []DriverFile{{Source: "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.550.54.15", Paths: []string{
+				"/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+				"/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1",
+				"/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.550.54.15",
+				"/usr/lib64/libcuda.so.1",
+			}}},
+			wantTools: []DriverFile{{Source: "usr/lib/nvidia/current/nvidia-smi", Paths: []string{"/usr/bin/nvidia-smi"}}},
+		},
 		"empty driver root":   {files: tree{}},
 		"missing driver root": {noRoot: true},
 	}
@@ -94,6 +140,50 @@ func TestFindDriverFiles(t *testing.T) {
 			require.Equal(t, len(tc.wantLibs) == 0 && len(tc.wantTools) == 0, got.Empty())
 		})
 	}
+}
+
+// gkeLibs are the libraries of the GKE-style fake driver in
+// usr/local/nvidia/lib64: each soname also lands in the standard directories.
+var gkeLibs = []DriverFile{
+	{Source: "usr/local/nvidia/lib64/libcuda.so.550.54.15", Paths: []string{
+		"/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+		"/usr/lib64/libcuda.so.1",
+		"/usr/local/nvidia/lib64/libcuda.so.1",
+		"/usr/local/nvidia/lib64/libcuda.so.550.54.15",
+	}},
+	{Source: "usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15", Paths: []string{
+		"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+		"/usr/lib64/libnvidia-ml.so.1",
+		"/usr/local/nvidia/lib64/libnvidia-ml.so.1",
+		"/usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15",
+	}},
+}
+
+// TestFindDriverFilesStaysInRoot puts a real driver outside the driver root
+// and reaches it through an absolute symlink in the middle of the path
+// (usr/local/nvidia -> /elsewhere): the host would resolve that link inside
+// the root, so nothing outside may be mounted.
+func TestFindDriverFilesStaysInRoot(t *testing.T) {
+	outside := t.TempDir()
+	makeTree(t, outside, tree{
+		"lib64/libcuda.so.550.54.15": "outside libcuda",
+		"lib64/libcuda.so.1":         "->libcuda.so.550.54.15",
+		"bin/nvidia-smi":             "outside nvidia-smi",
+	})
+	root := t.TempDir()
+	makeTree(t, root, tree{"usr/local/nvidia": "->" + outside})
+
+	_, ctx := ktesting.NewTestContext(t)
+	got, err := findDriverFiles(ctx, root, "amd64")
+	require.NoError(t, err)
+	require.True(t, got.Empty(), "found files outside the driver root: %+v", got)
+
+	// The same link target recreated inside the root is what is used.
+	makeTree(t, filepath.Join(root, outside), tree{"bin/nvidia-smi": "inside nvidia-smi"})
+	got, err = findDriverFiles(ctx, root, "amd64")
+	require.NoError(t, err)
+	require.Empty(t, got.Libraries)
+	require.Equal(t, []DriverFile{{Source: filepath.ToSlash(outside[1:]) + "/bin/nvidia-smi", Paths: []string{"/usr/bin/nvidia-smi"}}}, got.Tools)
 }
 
 // TestFindDriverFilesELF builds real shared objects so that the soname
@@ -137,4 +227,32 @@ func TestDriverFilesMountsUseRoot(t *testing.T) {
 	require.Len(t, mounts, 1)
 	require.Equal(t, "/run/nvidia/driver/usr/bin/nvidia-smi", mounts[0].HostPath)
 	require.Equal(t, []string{"ro", "nosuid", "nodev", "bind"}, mounts[0].Options)
+}
+
+// TestRealDriverFiles checks, on a machine where NVML loads, that the
+// container gets the driver too: the libraries NVML was found beside,
+// libcuda among them, and nvidia-smi.
+func TestRealDriverFiles(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	b, err := gpu.NewNVMLBackend(ctx, "/", "/")
+	if errors.Is(err, gpu.ErrNoDriver) {
+		t.Skipf("no NVIDIA driver on this machine: %v", err)
+	}
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+
+	files, err := FindDriverFiles(ctx, "/")
+	require.NoError(t, err)
+	var libs, tools []string
+	for _, f := range files.Libraries {
+		t.Logf("library %s at %v", f.Source, f.Paths)
+		libs = append(libs, f.Paths...)
+	}
+	for _, f := range files.Tools {
+		t.Logf("tool %s at %v", f.Source, f.Paths)
+		tools = append(tools, f.Paths...)
+	}
+	require.Contains(t, libs, "/usr/lib64/libcuda.so.1")
+	require.Contains(t, libs, "/usr/lib64/libnvidia-ml.so.1")
+	require.Contains(t, tools, "/usr/bin/nvidia-smi")
 }

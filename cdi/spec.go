@@ -59,9 +59,15 @@ type Omission struct {
 // NVIDIA_VISIBLE_DEVICES=void. Devices are ordered by GPU index, then MIG
 // index, the UUID name first, so an unchanged inventory gives identical bytes.
 //
+// A MIG-enabled GPU normally has no whole-GPU device, only its MIG devices:
+// it cannot run work itself. It gets one as well exactly when it is in
+// Offered, which the planner does only under migStrategy none (DESIGN §2:
+// none advertises MIG GPUs whole, as NVIDIA's plugin does); that device has
+// the GPU's own node and no capability nodes.
+//
 // Devices that cannot be used (a MIG device whose capability nodes are
-// unknown, an offered GPU that has MIG enabled or is not in the inventory)
-// are left out, logged and returned as omissions. The spec's version is the
+// unknown, an offered UUID that is not in the inventory) are left out,
+// logged and returned as omissions. The spec's version is the
 // minimum its content needs. The result may have no devices, which a CDI
 // spec file may not: Writer.Write removes the file in that case.
 func BuildSpec(ctx context.Context, in SpecInput) (*specs.Spec, []Omission, error) {

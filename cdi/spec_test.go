@@ -3,6 +3,7 @@ package cdi
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,6 +13,8 @@ import (
 	"k8s.io/klog/v2/ktesting"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpublocks/gpublocks/gpu"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
@@ -113,6 +116,39 @@ func TestBuildSpecHostPath(t *testing.T) {
 	require.Equal(t, "/dev/nvidia0", spec.Devices[0].ContainerEdits.DeviceNodes[0].Path)
 	require.Empty(t, spec.ContainerEdits.DeviceNodes[0].HostPath)
 	require.Equal(t, "0.5.0", spec.Version)
+}
+
+// TestBuildSpecAbsentNodes: nodes the driver has not created on the host yet
+// (described from /proc/devices) are published like any other, fully
+// specified, and a runtime injects them without looking at the host.
+func TestBuildSpecAbsentNodes(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	inv := testInventory()
+	absent := func(path string, major, minor uint32) gpu.DeviceNode {
+		return gpu.DeviceNode{Path: path, Major: major, Minor: minor, Absent: true}
+	}
+	inv.ControlNodes[2] = absent("/dev/nvidia-uvm-tools", 510, 1)
+	inv.GPUs[0].MigDevices[0].CapNodes[1] = absent("/dev/nvidia-caps/nvidia-cap742", 508, 742)
+	spec, omitted, err := BuildSpec(ctx, SpecInput{Inventory: inv})
+	require.NoError(t, err)
+	require.Len(t, omitted, 1, "only the MIG device without caps")
+	require.Equal(t, &specs.DeviceNode{Path: "/dev/nvidia-uvm-tools", Type: "c", Major: 510, Minor: 1}, spec.ContainerEdits.DeviceNodes[2])
+
+	dir := t.TempDir()
+	w, err := NewWriter(dir, DefaultKind)
+	require.NoError(t, err)
+	_, err = w.Write(ctx, spec)
+	require.NoError(t, err)
+	cache := loadCache(t, dir)
+	ociSpec := &oci.Spec{Process: &oci.Process{}, Linux: &oci.Linux{}}
+	_, err = cache.InjectDevices(ociSpec, DefaultKind.QualifiedName(uuidMIG1))
+	require.NoError(t, err)
+	var got []string
+	for _, d := range ociSpec.Linux.Devices {
+		got = append(got, fmt.Sprintf("%s c %d:%d", d.Path, d.Major, d.Minor))
+	}
+	require.Contains(t, got, "/dev/nvidia-caps/nvidia-cap742 c 508:742")
+	require.Contains(t, got, "/dev/nvidia-uvm-tools c 510:1")
 }
 
 func TestBuildSpecInvalidKind(t *testing.T) {

@@ -13,8 +13,27 @@ import (
 	"github.com/gpublocks/gpublocks/gpu/migminors"
 )
 
-// Paths of the node-wide control devices, in the order Inventory lists them.
-var controlNodePaths = []string{"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"}
+// A lazyNode is a device node the driver may not have created yet, and how
+// to describe it without it: the /proc/devices name of its driver, which
+// gives the major, and its minor in the driver's fixed numbering. A node
+// with no driver name must exist.
+type lazyNode struct {
+	path   string
+	driver string
+	minor  uint32
+}
+
+// controlNodes are the node-wide control devices, in the order Inventory
+// lists them. nvidiactl exists whenever a GPU node does; the UVM nodes are
+// created by nvidia-modprobe on the first CUDA call.
+var controlNodes = []lazyNode{
+	{path: "/dev/nvidiactl"},
+	{path: "/dev/nvidia-uvm", driver: "nvidia-uvm", minor: 0},
+	{path: "/dev/nvidia-uvm-tools", driver: "nvidia-uvm", minor: 1},
+}
+
+// capsDriver is the /proc/devices name of the MIG capability nodes' driver.
+const capsDriver = "nvidia-caps"
 
 // MigMinorsPath is where the driver publishes the MIG capability minors,
 // relative to the dev root.
@@ -37,10 +56,17 @@ const mib = 1024 * 1024
 //   - one MIG device cannot be described (handle, UUID, IDs, profile): that
 //     MIG device is left out the same way;
 //   - a MIG device's capability nodes cannot be resolved (mig-minors missing,
-//     unreadable or without its entry, or the cap node missing): the device
-//     is kept with CapErr set, so it is shown but never offered;
-//   - a control node that does not exist is simply not listed; the CUDA
-//     driver version is 0 when it cannot be read.
+//     unreadable or without its entry, or the cap node missing and
+//     nvidia-caps not in /proc/devices): the device is kept with CapErr set,
+//     so it is shown but never offered;
+//   - a control node that does not exist is not listed, unless it is a UVM
+//     node whose module is loaded; the CUDA driver version is 0 when it
+//     cannot be read.
+//
+// UVM and capability nodes that the driver has not created yet (it does so
+// lazily, and only nvidia-persistenced or nvidia-modprobe create them ahead
+// of the first CUDA process) are described from /proc/devices and marked
+// DeviceNode.Absent; nothing is created on the host.
 func Discover(ctx context.Context, b Backend) (*Inventory, error) {
 	logger := klog.FromContext(ctx).WithValues("backend", b.Name())
 	lib := b.NVML()
@@ -78,15 +104,15 @@ func Discover(ctx context.Context, b Backend) (*Inventory, error) {
 		inv.GPUs = append(inv.GPUs, *g)
 	}
 
-	for _, p := range controlNodePaths {
-		n, err := host.DeviceNode(p)
+	for _, c := range controlNodes {
+		n, err := d.node(c)
 		switch {
 		case err == nil:
 			inv.ControlNodes = append(inv.ControlNodes, n)
 		case errors.Is(err, fs.ErrNotExist):
-			logger.V(1).Info("Control device node absent", "path", p)
+			logger.V(1).Info("Control device node absent, not injecting it", "path", c.path, "err", err)
 		default:
-			logger.Error(err, "Control device node unusable, not injecting it", "path", p)
+			logger.Error(err, "Control device node unusable, not injecting it", "path", c.path)
 		}
 	}
 	logger.V(1).Info("Discovered GPUs", "driver", driver, "gpus", len(inv.GPUs), "skipped", len(inv.Skipped))
@@ -105,6 +131,37 @@ type discovery struct {
 	minorsRead bool
 	minors     migminors.Table
 	minorsErr  error
+
+	majors map[string]majorResult // CharMajor answers, by driver name
+}
+
+type majorResult struct {
+	major uint32
+	err   error
+}
+
+// node describes the device node n. When the node does not exist and n names
+// its driver, it is described from the driver's major and n's minor and
+// marked Absent; an error then says why neither worked.
+func (d *discovery) node(n lazyNode) (DeviceNode, error) {
+	dn, err := d.host.DeviceNode(n.path)
+	if err == nil || n.driver == "" || !errors.Is(err, fs.ErrNotExist) {
+		return dn, err
+	}
+	r, ok := d.majors[n.driver]
+	if !ok {
+		r.major, r.err = d.host.CharMajor(n.driver)
+		if d.majors == nil {
+			d.majors = map[string]majorResult{}
+		}
+		d.majors[n.driver] = r
+	}
+	if r.err != nil {
+		return DeviceNode{}, fmt.Errorf("%w, and its major is unknown: %w", err, r.err)
+	}
+	klog.FromContext(d.ctx).V(1).Info("Device node not created yet, describing it from /proc/devices",
+		"path", n.path, "major", r.major, "minor", n.minor)
+	return DeviceNode{Path: n.path, Major: r.major, Minor: n.minor, Absent: true}, nil
 }
 
 func (d *discovery) skip(what string, err error) {
@@ -244,11 +301,20 @@ func (d *discovery) capNodes(g *GPU, md *MigDevice) ([]DeviceNode, error) {
 	if !ok {
 		return fail(fmt.Errorf("no %s entry in %s", migminors.CIAccessName(g.Minor, md.GI, md.CI), MigMinorsPath))
 	}
+	caps := []struct {
+		minor int
+		proc  string // the capability's file under /proc/driver/nvidia/capabilities
+	}{
+		{giMinor, fmt.Sprintf("gpu%d/mig/gi%d/access", g.Minor, md.GI)},
+		{ciMinor, fmt.Sprintf("gpu%d/mig/gi%d/ci%d/access", g.Minor, md.GI, md.CI)},
+	}
 	var nodes []DeviceNode
-	for _, n := range []int{giMinor, ciMinor} {
-		node, err := d.host.DeviceNode(CapNodePath(n))
+	for _, c := range caps {
+		node, err := d.node(lazyNode{path: CapNodePath(c.minor), driver: capsDriver, minor: uint32(c.minor)})
 		if err != nil {
-			return fail(fmt.Errorf("capability node: %w", err))
+			return fail(fmt.Errorf("capability node: %w; create it with "+
+				"`nvidia-modprobe -f /proc/driver/nvidia/capabilities/%s` or `nvidia-ctk system create-device-nodes`",
+				err, c.proc))
 		}
 		nodes = append(nodes, node)
 	}

@@ -3,6 +3,7 @@ package gpu_test
 import (
 	"context"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -72,12 +73,21 @@ func (d *faultyDevice) GetNumaNodeId() (int, nvml.Return) {
 	return d.Device.GetNumaNodeId()
 }
 
-// faultyHost hides device nodes and can lose the mig-minors file.
+// faultyHost hides device nodes and can lose the mig-minors file and
+// /proc/devices entries.
 type faultyHost struct {
 	gpu.Host
 	missing   map[string]bool
 	minorsErr error
 	minors    []byte
+	noMajor   map[string]bool // drivers missing from /proc/devices
+}
+
+func (h *faultyHost) CharMajor(name string) (uint32, error) {
+	if h.noMajor[name] {
+		return 0, &fs.PathError{Op: "lookup " + name, Path: gpu.ProcDevicesPath, Err: fs.ErrNotExist}
+	}
+	return h.Host.CharMajor(name)
 }
 
 func (h *faultyHost) DeviceNode(path string) (gpu.DeviceNode, error) {
@@ -144,13 +154,34 @@ func TestDiscoverFaults(t *testing.T) {
 				}
 			},
 		},
-		"uvm-tools missing": {
+		"uvm-tools not created yet": {
 			lib:  faultyLib{badGPU: -1},
 			host: faultyHost{missing: map[string]bool{"/dev/nvidia-uvm-tools": true}},
 			check: func(t *testing.T, inv *gpu.Inventory) {
-				require.Len(t, inv.ControlNodes, 2)
+				require.Equal(t, []gpu.DeviceNode{
+					{Path: "/dev/nvidiactl", HostPath: "/dev/nvidiactl", Major: sim.MajorNVIDIA, Minor: sim.MinorCtl},
+					{Path: "/dev/nvidia-uvm", HostPath: "/dev/nvidia-uvm", Major: sim.MajorUVM, Minor: 0},
+					{Path: "/dev/nvidia-uvm-tools", Major: sim.MajorUVM, Minor: 1, Absent: true},
+				}, inv.ControlNodes)
+			},
+		},
+		"uvm module not loaded": {
+			lib: faultyLib{badGPU: -1},
+			host: faultyHost{
+				missing: map[string]bool{"/dev/nvidia-uvm": true, "/dev/nvidia-uvm-tools": true},
+				noMajor: map[string]bool{"nvidia-uvm": true},
+			},
+			check: func(t *testing.T, inv *gpu.Inventory) {
+				require.Len(t, inv.ControlNodes, 1)
 				require.Equal(t, "/dev/nvidiactl", inv.ControlNodes[0].Path)
-				require.Equal(t, "/dev/nvidia-uvm", inv.ControlNodes[1].Path)
+			},
+		},
+		"nvidiactl missing is not made up": {
+			lib:  faultyLib{badGPU: -1},
+			host: faultyHost{missing: map[string]bool{"/dev/nvidiactl": true}},
+			check: func(t *testing.T, inv *gpu.Inventory) {
+				require.Len(t, inv.ControlNodes, 2)
+				require.Equal(t, "/dev/nvidia-uvm", inv.ControlNodes[0].Path)
 			},
 		},
 		"mig-minors unreadable": {
@@ -186,17 +217,41 @@ func TestDiscoverFaults(t *testing.T) {
 				}
 			},
 		},
-		"cap node missing": {
+		"cap node not created yet": {
 			lib:  faultyLib{badGPU: -1},
 			host: faultyHost{missing: map[string]bool{gpu.CapNodePath(3 + 9*2 + 1): true}}, // gpu0/gi2/ci0
+			check: func(t *testing.T, inv *gpu.Inventory) {
+				absent := 0
+				for _, m := range allMigs(inv) {
+					require.NoError(t, m.CapErr)
+					require.Len(t, m.CapNodes, 2)
+					if m.CapNodes[1].Absent {
+						absent++
+						require.Equal(t, 2, m.GI)
+						require.Equal(t, gpu.DeviceNode{Path: gpu.CapNodePath(22), Major: sim.MajorCaps, Minor: 22, Absent: true}, m.CapNodes[1])
+					}
+				}
+				require.Equal(t, 1, absent)
+			},
+		},
+		"cap node missing and nvidia-caps not in /proc/devices": {
+			lib: faultyLib{badGPU: -1},
+			host: faultyHost{
+				missing: map[string]bool{gpu.CapNodePath(3 + 9*2 + 1): true}, // gpu0/gi2/ci0
+				noMajor: map[string]bool{"nvidia-caps": true},
+			},
 			check: func(t *testing.T, inv *gpu.Inventory) {
 				bad := 0
 				for _, m := range allMigs(inv) {
 					if m.CapErr != nil {
 						bad++
 						require.Equal(t, 2, m.GI)
+						require.Empty(t, m.CapNodes)
 						require.ErrorIs(t, m.CapErr, fs.ErrNotExist)
 						require.ErrorContains(t, m.CapErr, "GPU 0, GI 2, CI 0")
+						require.ErrorContains(t, m.CapErr, gpu.ProcDevicesPath)
+						require.ErrorContains(t, m.CapErr, "nvidia-modprobe -f /proc/driver/nvidia/capabilities/gpu0/mig/gi2/ci0/access")
+						require.ErrorContains(t, m.CapErr, "nvidia-ctk system create-device-nodes")
 					}
 				}
 				require.Equal(t, 1, bad)
@@ -236,4 +291,79 @@ func allMigs(inv *gpu.Inventory) []gpu.MigDevice {
 		out = append(out, g.MigDevices...)
 	}
 	return out
+}
+
+// devRootHost is a real host below a temporary dev root that has
+// proc/devices and mig-minors but, like a host without nvidia-persistenced,
+// none of the lazily created nodes. The GPU nodes and nvidiactl, which
+// exist whenever the driver is loaded (and which a test cannot mknod), come
+// from the simulation.
+type devRootHost struct {
+	gpu.Host          // the real one, below the temp root
+	sim      gpu.Host // for the GPU nodes and nvidiactl
+}
+
+func (h *devRootHost) DeviceNode(path string) (gpu.DeviceNode, error) {
+	if path == "/dev/nvidiactl" || !strings.HasPrefix(path, "/dev/nvidia-") {
+		return h.sim.DeviceNode(path)
+	}
+	return h.Host.DeviceNode(path)
+}
+
+func TestDiscoverLazyNodesFromProcDevices(t *testing.T) {
+	b, err := sim.New("dgxa100-mig")
+	require.NoError(t, err)
+	minors, err := b.Host().MigCapMinors()
+	require.NoError(t, err)
+
+	tests := map[string]struct {
+		procDevices string // "" leaves proc/devices out
+		wantCtl     []gpu.DeviceNode
+		wantCapErr  string
+	}{
+		"modules loaded, nodes not created": {
+			procDevices: "Character devices:\n  1 mem\n195 nvidia-frontend\n235 nvidia-uvm\n511 nvidia-caps\n\nBlock devices:\n  8 sd\n",
+			wantCtl: []gpu.DeviceNode{
+				{Path: "/dev/nvidiactl", HostPath: "/dev/nvidiactl", Major: 195, Minor: 255},
+				{Path: "/dev/nvidia-uvm", Major: 235, Minor: 0, Absent: true},
+				{Path: "/dev/nvidia-uvm-tools", Major: 235, Minor: 1, Absent: true},
+			},
+		},
+		"uvm not loaded, block device of the same name ignored": {
+			procDevices: "Character devices:\n195 nvidia-frontend\n511 nvidia-caps\n\nBlock devices:\n235 nvidia-uvm\n",
+			wantCtl:     []gpu.DeviceNode{{Path: "/dev/nvidiactl", HostPath: "/dev/nvidiactl", Major: 195, Minor: 255}},
+		},
+		"no proc/devices": {
+			wantCtl:    []gpu.DeviceNode{{Path: "/dev/nvidiactl", HostPath: "/dev/nvidiactl", Major: 195, Minor: 255}},
+			wantCapErr: "nvidia-ctk system create-device-nodes",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			makeTree(t, root, map[string]string{gpu.MigMinorsPath: string(minors)})
+			if tc.procDevices != "" {
+				makeTree(t, root, map[string]string{gpu.ProcDevicesPath: tc.procDevices})
+			}
+			host := &devRootHost{Host: gpu.NewHost(root), sim: b.Host()}
+			inv, err := gpu.Discover(context.Background(), &faulty{Backend: b, lib: b.NVML(), host: host})
+			require.NoError(t, err)
+			require.Equal(t, tc.wantCtl, inv.ControlNodes)
+			migs := allMigs(inv)
+			require.Len(t, migs, 11)
+			for _, m := range migs {
+				if tc.wantCapErr != "" {
+					require.ErrorContains(t, m.CapErr, tc.wantCapErr)
+					continue
+				}
+				require.NoError(t, m.CapErr)
+				require.Len(t, m.CapNodes, 2)
+				for _, c := range m.CapNodes {
+					require.True(t, c.Absent)
+					require.Equal(t, uint32(511), c.Major)
+					require.Equal(t, gpu.CapNodePath(int(c.Minor)), c.Path)
+				}
+			}
+		})
+	}
 }

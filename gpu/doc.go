@@ -12,4 +12,15 @@
 // nodes cannot be resolved stays listed with CapErr set, and must not be
 // offered: injecting it without its caps would hand a container a device it
 // cannot open.
+//
+// The driver creates some nodes lazily: /dev/nvidia-uvm and -uvm-tools on
+// the first CUDA call, the MIG capability nodes on `nvidia-modprobe -f`.
+// Where no nvidia-persistenced has done so yet, discovery describes such a
+// node from its driver's major in /proc/devices (Host.CharMajor) and its
+// known minor, and marks it DeviceNode.Absent; the container runtime then
+// creates it inside the container. GPU nodes (/dev/nvidia<minor>) must exist.
+//
+// DriverLibraryDirs, DriverToolDirs and ResolveInRoot are the one
+// description of where a driver lives under a driver root: NVML is loaded
+// from there, and package cdi mounts the driver into containers from there.
 package gpu

@@ -19,9 +19,17 @@ var ErrDiscovery = errors.New("gpu discovery failed")
 // where it lives on the host as seen by this process.
 type DeviceNode struct {
 	Path     string // e.g. /dev/nvidia0
-	HostPath string // e.g. /host/dev/nvidia0 when --dev-root=/host
+	HostPath string // e.g. /host/dev/nvidia0 when --dev-root=/host; "" when Absent
 	Major    uint32
 	Minor    uint32
+	// Absent is set when the node does not exist on the host yet: the
+	// driver creates /dev/nvidia-uvm* on the first CUDA call and the MIG
+	// capability nodes on `nvidia-modprobe -f`, and without
+	// nvidia-persistenced nothing may have done so. Major then comes from
+	// /proc/devices and Minor from the driver's fixed numbering; the
+	// runtime creates the node inside the container from type, major and
+	// minor, so a container can use it all the same.
+	Absent bool
 }
 
 // Inventory is one consistent look at the node's GPUs. It is immutable once
@@ -30,8 +38,10 @@ type Inventory struct {
 	DriverVersion     string
 	CUDADriverVersion int // e.g. 12040
 	GPUs              []GPU
-	// ControlNodes are the node-wide device nodes that exist on the host:
-	// nvidiactl, nvidia-uvm, nvidia-uvm-tools (those present), in that order.
+	// ControlNodes are the node-wide device nodes: nvidiactl,
+	// nvidia-uvm, nvidia-uvm-tools, in that order, those that exist or
+	// (the UVM nodes) whose driver module is loaded but has not created
+	// them yet (DeviceNode.Absent).
 	ControlNodes []DeviceNode
 	// Skipped lists the GPUs and MIG devices that discovery left out of GPUs
 	// and why, so that `inspect`, logs and metrics can tell the operator.
@@ -104,6 +114,11 @@ type Host interface {
 	DeviceNode(path string) (DeviceNode, error)
 	// MigCapMinors returns the contents of proc/driver/nvidia-caps/mig-minors.
 	MigCapMinors() ([]byte, error)
+	// CharMajor returns the major number that the kernel assigned to the
+	// character device driver name (e.g. "nvidia-uvm", "nvidia-caps"), as
+	// listed in /proc/devices. It returns an error wrapping fs.ErrNotExist
+	// when the driver is not listed (its module is not loaded).
+	CharMajor(name string) (uint32, error)
 }
 
 // Backend is an NVML library plus the host it runs on.

@@ -5,8 +5,11 @@
 // hardware.
 //
 // What the completion adds to the mock:
-//   - deterministic GPU and MIG UUIDs derived from the spec (preset name or
-//     file content) and the device's position, so restarts keep device IDs;
+//   - deterministic GPU and MIG UUIDs, so restarts keep device IDs: a GPU's
+//     from the preset name, or for a file from its model, plus its index; a
+//     MIG device's from its GPU's and its GPU/compute instance IDs and
+//     profiles. Editing a file elsewhere (comments, MIG layouts, GPUs
+//     appended) keeps a GPU's UUID;
 //   - PCI bus IDs (0000:<index>:00.0), NUMA nodes (first half of the GPUs on
 //     node 0), minors equal to the index;
 //   - MIG device handles (GetMaxMigDeviceCount, GetMigDeviceHandleByIndex,

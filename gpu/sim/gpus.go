@@ -23,6 +23,7 @@ type simGPU struct {
 	cfg   gpus.Config
 	index int
 	model string
+	seed  string // with index, derives the GPU's and its MIG devices' UUIDs
 	// slots is the number of memory slices placements are counted in (8 on
 	// A100/H100-class GPUs, 4 on A30).
 	slots      uint32
@@ -52,17 +53,18 @@ func span(size uint32, starts ...uint32) []nvml.GpuInstancePlacement {
 	return ps
 }
 
-func newSimGPU(b *Backend, dev *server.Device, index, count int, model string) *simGPU {
+func newSimGPU(b *Backend, dev *server.Device, index, count int, model, seed string) *simGPU {
 	g := &simGPU{
 		b:          b,
 		dev:        dev,
 		cfg:        dev.Config,
 		index:      index,
 		model:      model,
+		seed:       seed,
 		placements: map[int][]nvml.GpuInstancePlacement{},
 		migs:       map[*server.ComputeInstance]*migDevice{},
 	}
-	dev.UUID = gpuUUID(b.seed, index)
+	dev.UUID = gpuUUID(seed, index)
 	profiles := g.cfg.MIGProfiles.GpuInstanceProfiles
 	for id := range profiles {
 		ps := g.cfg.MIGProfiles.GpuInstancePlacements[id]

@@ -28,6 +28,21 @@ const (
 	migCIsPerGI  = 8
 )
 
+// procDevices is the simulated /proc/devices: the character device drivers
+// a real host with the NVIDIA, UVM and caps modules loaded lists.
+var procDevices = []byte(fmt.Sprintf(`Character devices:
+  1 mem
+  4 /dev/vc/0
+  5 /dev/tty
+%d nvidia-frontend
+%d nvidia-uvm
+%d nvidia-caps
+
+Block devices:
+  7 loop
+  8 sd
+`, MajorNVIDIA, MajorUVM, MajorCaps))
+
 // host answers gpu.Host from tables built with the simulation.
 type host struct {
 	nodes  map[string]gpu.DeviceNode
@@ -85,4 +100,17 @@ func (h *host) DeviceNode(path string) (gpu.DeviceNode, error) {
 // MigCapMinors returns the generated mig-minors table.
 func (h *host) MigCapMinors() ([]byte, error) {
 	return bytes.Clone(h.minors), nil
+}
+
+// CharMajor answers from the simulated /proc/devices, with the parser the
+// real host uses.
+func (h *host) CharMajor(name string) (uint32, error) {
+	major, ok, err := gpu.ParseCharMajor(procDevices, name)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("%s: no character device %q: %w", gpu.ProcDevicesPath, name, fs.ErrNotExist)
+	}
+	return major, nil
 }

@@ -16,7 +16,7 @@ func stableUUID(prefix string, parts ...any) string {
 	return fmt.Sprintf("%s-%x-%x-%x-%x-%x", prefix, h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
-// gpuUUID is the UUID of GPU index in the simulation with seed.
+// gpuUUID is the UUID of the GPU at index whose spec gives it seed.
 func gpuUUID(seed string, index int) string {
 	return stableUUID("GPU", seed, "/gpu/", index)
 }

@@ -17,7 +17,7 @@ type migDevice struct {
 func newMigDevice(g *simGPU, gi *server.GpuInstance, ci *server.ComputeInstance) *migDevice {
 	giProf := g.cfg.MIGProfiles.GpuInstanceProfiles[int(gi.Info.ProfileId)]
 	ciProf := g.cfg.MIGProfiles.ComputeInstanceProfiles[int(gi.Info.ProfileId)][int(ci.Info.ProfileId)]
-	m := &migDevice{uuid: migUUID(g.b.seed, g.index, gi.Info.Id, ci.Info.Id, gi.Info.ProfileId, ci.Info.ProfileId)}
+	m := &migDevice{uuid: migUUID(g.seed, g.index, gi.Info.Id, ci.Info.Id, gi.Info.ProfileId, ci.Info.ProfileId)}
 	parent := g.dev
 	attrs := nvml.DeviceAttributes{
 		MultiprocessorCount:       ciProf.MultiprocessorCount,

@@ -26,7 +26,6 @@ const (
 // A Backend is safe for concurrent use: all MIG state sits behind one lock.
 type Backend struct {
 	name string
-	seed string
 	srv  *server.Server
 	host *host
 
@@ -65,12 +64,11 @@ func build(sp *spec) (*Backend, error) {
 	}
 	b := &Backend{
 		name: "simulated " + sp.name,
-		seed: sp.seed,
 		srv:  srv,
 		host: newHost(len(sp.gpus)),
 	}
 	for i, g := range sp.gpus {
-		b.gpus = append(b.gpus, newSimGPU(b, srv.Devices[i].(*server.Device), i, len(sp.gpus), g.model))
+		b.gpus = append(b.gpus, newSimGPU(b, srv.Devices[i].(*server.Device), i, len(sp.gpus), g.model, g.seed))
 	}
 	b.completeServer()
 	for i, g := range sp.gpus {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -159,26 +160,50 @@ func allUUIDs(t *testing.T, b gpu.Backend) []string {
 	return ids
 }
 
+func gpuUUIDs(t *testing.T, b gpu.Backend) []string {
+	var ids []string
+	for _, g := range discover(t, b).GPUs {
+		ids = append(ids, g.UUID)
+	}
+	return ids
+}
+
 func TestDeterministicUUIDs(t *testing.T) {
 	file := filepath.Join("testdata", "mixed.yaml")
-	copyOf := filepath.Join(t.TempDir(), "copy.yaml")
 	data, err := os.ReadFile(file)
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(copyOf, data, 0o644))
-	edited := filepath.Join(t.TempDir(), "edited.yaml")
-	require.NoError(t, os.WriteFile(edited, append(data, []byte("  - model: A30-PCIE-24GB\n")...), 0o644))
+	write := func(content string) string {
+		p := filepath.Join(t.TempDir(), "sim.yaml")
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o644))
+		return p
+	}
+	copyOf := write(string(data))
+	commented := write("# A comment the operator added.\n" + strings.ReplaceAll(string(data), "count: 2\n", "count: 2   # two of them\n"))
+	appended := write(string(data) + "  - model: A30-PCIE-24GB\n")
+	// GPUs 0 and 1 keep their model and index but change MIG layout.
+	relaid := write(strings.Replace(string(data), "mig: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]", "mig: [7g.80gb]", 1))
+	// The H100s move from indices 2-3 to 0-1, the A100s the other way.
+	swapped := write("gpus:\n  - model: H100-SXM5-80GB\n    count: 2\n  - model: A100-SXM4-80GB\n    count: 2\n")
+	// The same indices with another model.
+	remodeled := write(strings.ReplaceAll(strings.ReplaceAll(string(data), "A100-SXM4-80GB", "A100-PCIE-80GB"), "H100-SXM5-80GB", "H200-SXM5-141GB"))
 
 	tests := map[string]struct {
 		a, b string
-		same bool
+		all  bool // compare MIG UUIDs too, not only GPU UUIDs
+		same bool // every UUID of a is in b; otherwise none is
 	}{
-		"same preset twice":           {a: "dgxa100-mig", b: "dgxa100-mig", same: true},
-		"same file twice":             {a: file, b: file, same: true},
-		"same content, other path":    {a: file, b: copyOf, same: true},
-		"different presets":           {a: "dgxa100", b: "dgxh100"},
-		"mig preset vs plain preset":  {a: "dgxa100", b: "dgxa100-mig"},
-		"file content changed":        {a: file, b: edited},
-		"preset vs file of same size": {a: "dgxa100-mig", b: file},
+		"same preset twice":                  {a: "dgxa100-mig", b: "dgxa100-mig", all: true, same: true},
+		"same file twice":                    {a: file, b: file, all: true, same: true},
+		"same content, other path":           {a: file, b: copyOf, all: true, same: true},
+		"comments added":                     {a: file, b: commented, all: true, same: true},
+		"gpu appended keeps the others":      {a: file, b: appended, all: true, same: true},
+		"mig layout changed keeps gpu uuids": {a: file, b: relaid, same: true},
+		"mig layout changed, new mig uuids":  {a: file, b: relaid, all: true},
+		"different presets":                  {a: "dgxa100", b: "dgxh100"},
+		"mig preset vs plain preset":         {a: "dgxa100", b: "dgxa100-mig"},
+		"preset vs file of same models":      {a: "dgxa100-mig", b: file},
+		"models moved to other indices":      {a: file, b: swapped},
+		"other models at the same indices":   {a: file, b: remodeled},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -186,15 +211,38 @@ func TestDeterministicUUIDs(t *testing.T) {
 			require.NoError(t, err)
 			b, err := sim.New(tc.b)
 			require.NoError(t, err)
-			ua, ub := allUUIDs(t, a), allUUIDs(t, b)
-			if tc.same {
-				require.Equal(t, ua, ub)
-				return
+			ua, ub := gpuUUIDs(t, a), gpuUUIDs(t, b)
+			if tc.all {
+				ua, ub = allUUIDs(t, a), allUUIDs(t, b)
+				if !tc.same {
+					// The MIG devices changed; their GPUs did not.
+					ua, ub = slices.DeleteFunc(ua, isGPU), slices.DeleteFunc(ub, isGPU)
+				}
 			}
+			require.NotEmpty(t, ua)
 			for _, id := range ua {
-				require.NotContains(t, ub, id)
+				if tc.same {
+					require.Contains(t, ub, id)
+				} else {
+					require.NotContains(t, ub, id)
+				}
 			}
 		})
+	}
+}
+
+func isGPU(uuid string) bool { return strings.HasPrefix(uuid, "GPU-") }
+
+// TestPresetUUIDsPinned keeps the presets' UUIDs from changing under a
+// kubelet checkpoint or a saved demo transcript.
+func TestPresetUUIDsPinned(t *testing.T) {
+	for preset, want := range map[string]string{
+		"dgxa100":     "GPU-5d3c3eac-8b50-53b0-972f-194ab0e87765",
+		"dgxa100-mig": "GPU-664af2b6-a6fa-5ede-ab69-34dac1dd4f86",
+	} {
+		b, err := sim.New(preset)
+		require.NoError(t, err)
+		require.Equal(t, want, gpuUUIDs(t, b)[0], preset)
 	}
 }
 
@@ -435,6 +483,14 @@ func TestHost(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(minors), "gpu1/gi0/access 138\n")
 	require.Contains(t, string(minors), "gpu7/gi14/ci7/access 1082\n")
+
+	for name, want := range map[string]uint32{"nvidia-uvm": sim.MajorUVM, "nvidia-caps": sim.MajorCaps, "nvidia-frontend": sim.MajorNVIDIA} {
+		got, err := b.Host().CharMajor(name)
+		require.NoError(t, err, name)
+		require.Equal(t, want, got, name)
+	}
+	_, err = b.Host().CharMajor("nvidia-modeset")
+	require.ErrorIs(t, err, fs.ErrNotExist)
 }
 
 func TestListings(t *testing.T) {

@@ -1,8 +1,6 @@
 package sim
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -91,19 +89,20 @@ type gpuSpec struct {
 	model string
 	cfg   gpus.Config
 	mig   []string
+	// seed and the GPU's index derive its UUIDs (see expand).
+	seed string
 }
 
 // spec is a resolved simulation.
 type spec struct {
 	name string // for logs: "dgxa100" or "file /path"
-	seed string // stable identity for UUIDs
 	gpus []gpuSpec
 }
 
 // loadSpec resolves a preset name or reads a YAML file.
 func loadSpec(s string) (*spec, error) {
 	if f, ok := presets[s]; ok {
-		return expand(f, s, "preset/"+s)
+		return expand(f, s, func(Group) string { return "preset/" + s })
 	}
 	data, err := os.ReadFile(s)
 	if err != nil {
@@ -119,13 +118,19 @@ func parseSpec(data []byte, source string) (*spec, error) {
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w (accepted keys: gpus, and per entry model, count, mig)", ErrSpec, source, err)
 	}
-	sum := sha256.Sum256(data)
-	return expand(f, "file "+source, "file/"+hex.EncodeToString(sum[:]))
+	return expand(f, "file "+source, func(g Group) string { return "file/" + g.Model })
 }
 
-// expand validates f and lists its GPUs in index order.
-func expand(f File, name, seed string) (*spec, error) {
-	sp := &spec{name: name, seed: seed}
+// expand validates f and lists its GPUs in index order. seed gives the
+// UUID seed of each GPU of a group; a GPU's UUID derives from its seed and
+// its index on the node. A preset's seed is its name (the UUIDs it has
+// always had). A file's is the GPU's model and nothing else from the file,
+// so that the IDs the kubelet checkpointed survive edits that leave a GPU
+// in place: comments, formatting, another MIG layout, GPUs added at the
+// end. Changing a GPU's model or moving it to another index makes it a new
+// GPU, as it would be on real hardware.
+func expand(f File, name string, seed func(Group) string) (*spec, error) {
+	sp := &spec{name: name}
 	if len(f.GPUs) == 0 {
 		return nil, fmt.Errorf("%w: %s: no gpus listed", ErrSpec, name)
 	}
@@ -146,7 +151,7 @@ func expand(f File, name, seed string) (*spec, error) {
 			return nil, fmt.Errorf("%w: %s: more than %d GPUs", ErrSpec, name, maxGPUs)
 		}
 		for range n {
-			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG)})
+			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG), seed: seed(g)})
 		}
 	}
 	return sp, nil
