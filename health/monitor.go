@@ -81,6 +81,12 @@ type Monitor struct {
 	lib  nvml.Interface
 	opts Options
 	wake chan struct{} // the recovery loop recomputes its timer
+	// register wakes the event loop to register new GPUs. Registration
+	// happens only on that loop, between waits: real NVML serialises
+	// RegisterEvents with a pending nvmlEventSetWait, so registering from
+	// Update would block the caller (the daemon's reconcile, and so the
+	// kubelet registration) for up to WaitTimeout.
+	register chan struct{}
 
 	mu       sync.Mutex
 	policy   Policy
@@ -136,6 +142,7 @@ func New(lib nvml.Interface, o Options) *Monitor {
 		lib:      lib,
 		opts:     o,
 		wake:     make(chan struct{}, 1),
+		register: make(chan struct{}, 1),
 		policy:   Policy{QuietPeriod: 30 * time.Second},
 		ignored:  map[uint64]bool{},
 		gpus:     map[string]*gpuEntry{},
@@ -202,11 +209,8 @@ func (m *Monitor) Update(ctx context.Context, inv *gpu.Inventory, p Policy) {
 		for _, md := range g.MigDevices {
 			parent[md.UUID] = g.UUID
 		}
-		switch {
-		case m.noEvents:
+		if m.noEvents {
 			e.probeOnly = true
-		case m.set != nil && !e.registered && !e.probeOnly:
-			m.registerLocked(ctx, e)
 		}
 	}
 	m.gpus, m.byHandle, m.parent = gpus, byHandle, parent
@@ -227,6 +231,10 @@ func (m *Monitor) Update(ctx context.Context, inv *gpu.Inventory, p Policy) {
 	m.mu.Unlock()
 	m.publish()
 	m.poke()
+	select {
+	case m.register <- struct{}{}:
+	default:
+	}
 }
 
 // Run creates the event set, registers the GPUs given so far, and waits for
@@ -245,8 +253,6 @@ func (m *Monitor) Run(ctx context.Context) error {
 	for _, e := range m.gpus {
 		if set == nil {
 			e.probeOnly = true
-		} else if !e.registered && !e.probeOnly {
-			m.registerLocked(ctx, e)
 		}
 	}
 	m.mu.Unlock()
@@ -296,11 +302,21 @@ func (m *Monitor) registerLocked(ctx context.Context, e *gpuEntry) {
 	logger.V(1).Info("Watching GPU health", "events", types)
 }
 
-// waitLoop takes events off the set until ctx ends.
+// waitLoop registers GPUs and takes events off the set until ctx ends.
+// It is the only caller of RegisterEvents (see Monitor.register), and it
+// does not sit in Wait while no GPU is registered, so the first GPUs are
+// registered as soon as they are known.
 func (m *Monitor) waitLoop(ctx context.Context, set nvml.EventSet) {
 	logger := klog.FromContext(ctx)
 	ms := uint32(m.opts.WaitTimeout.Milliseconds())
 	for ctx.Err() == nil {
+		if m.registerPending(ctx) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-m.register:
+			}
+			continue
+		}
 		ev, ret := set.Wait(ms)
 		switch ret {
 		case nvml.SUCCESS:
@@ -321,6 +337,23 @@ func (m *Monitor) waitLoop(ctx context.Context, set nvml.EventSet) {
 		case <-time.After(m.opts.WaitTimeout):
 		}
 	}
+}
+
+// registerPending registers the GPUs not registered yet and returns how
+// many are registered.
+func (m *Monitor) registerPending(ctx context.Context) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, e := range m.gpus {
+		if !e.registered && !e.probeOnly && m.set != nil {
+			m.registerLocked(ctx, e)
+		}
+		if e.registered {
+			n++
+		}
+	}
+	return n
 }
 
 // handle judges one event.

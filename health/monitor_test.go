@@ -2,6 +2,8 @@ package health
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -365,4 +367,92 @@ func TestGPUWithoutEventsIsProbed(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// nvmlLock models real NVML, where RegisterEvents waits for a pending
+// nvmlEventSetWait on the same set to return: both take one lock, and Wait
+// holds it for its whole timeout.
+type nvmlLock struct {
+	nvml.Interface
+	mu      *sync.Mutex
+	waiting *atomic.Bool
+	overlap *atomic.Bool // RegisterEvents ran while a Wait was pending
+}
+
+func (l nvmlLock) EventSetCreate() (nvml.EventSet, nvml.Return) {
+	s, ret := l.Interface.EventSetCreate()
+	return lockedSet{s, l}, ret
+}
+
+func (l nvmlLock) DeviceGetHandleByUUID(uuid string) (nvml.Device, nvml.Return) {
+	d, ret := l.Interface.DeviceGetHandleByUUID(uuid)
+	return lockedDevice{d, l}, ret
+}
+
+type lockedSet struct {
+	nvml.EventSet
+	l nvmlLock
+}
+
+func (s lockedSet) Wait(ms uint32) (nvml.EventData, nvml.Return) {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	s.l.waiting.Store(true)
+	defer s.l.waiting.Store(false)
+	return s.EventSet.Wait(ms)
+}
+
+type lockedDevice struct {
+	nvml.Device
+	l nvmlLock
+}
+
+func (d lockedDevice) RegisterEvents(types uint64, set nvml.EventSet) nvml.Return {
+	if d.l.waiting.Load() {
+		d.l.overlap.Store(true)
+	}
+	d.l.mu.Lock()
+	defer d.l.mu.Unlock()
+	if ls, ok := set.(lockedSet); ok {
+		set = ls.EventSet
+	}
+	return d.Device.RegisterEvents(types, set)
+}
+
+// TestUpdateNeverWaitsForNVML: registering GPUs found by a rescan must not
+// block Update (the daemon's reconcile, and with it the kubelet) while the
+// event loop sits in NVML's Wait; and the first GPUs are registered at once.
+func TestUpdateNeverWaitsForNVML(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	b, err := sim.New("dgxa100")
+	require.NoError(t, err)
+	inv, err := gpu.Discover(ctx, b)
+	require.NoError(t, err)
+	l := nvmlLock{Interface: b.NVML(), mu: &sync.Mutex{}, waiting: &atomic.Bool{}, overlap: &atomic.Bool{}}
+	m := New(l, Options{WaitTimeout: time.Hour}) // a Wait that never times out in this test
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		_ = b.InjectXID(0, 31) // end the pending Wait
+		require.NoError(t, <-done)
+	}()
+
+	first := &gpu.Inventory{GPUs: inv.GPUs[:4]}
+	m.Update(ctx, first, defaultPolicy())
+	require.Eventually(t, func() bool { return l.waiting.Load() }, 5*time.Second, time.Millisecond, "the first GPUs are registered and waited on")
+
+	// A rescan finds four more GPUs while the loop is in Wait.
+	returned := make(chan struct{})
+	go func() {
+		m.Update(ctx, inv, defaultPolicy())
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Update blocked behind NVML's pending Wait")
+	}
+	require.False(t, l.overlap.Load(), "RegisterEvents was called while a Wait was pending")
 }
