@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,9 +44,10 @@ func TestConfigChangeAppliesLive(t *testing.T) {
 	// A broken config changes nothing and is reported.
 	replaceFile(t, n.configPath, "blocks: {polcy: spread}\n")
 	require.Eventually(t, func() bool { return n.d.ConfigStatus().Errors == 1 }, 5*time.Second, 10*time.Millisecond)
-	st := n.d.ConfigStatus()
-	require.ErrorContains(t, st.LastError, "blocks.polcy")
-	require.EqualValues(t, 2, st.Generation)
+	require.ErrorContains(t, n.d.ConfigStatus().LastError, "blocks.polcy")
+	n.d.Replan()
+	n.settle()
+	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
 	n.waitCount("nvidia.com/gpu", 6)
 	n.waitCount("nvidia.com/gpu-blocks", 200)
 
@@ -60,11 +62,27 @@ func TestConfigChangeAppliesLive(t *testing.T) {
 	n.waitCount("nvidia.com/gpu-blocks", 0)
 }
 
+// settle gives the daemon's loop time to act on what was signalled: it
+// waits for two answered pings (a ping and a pending trigger are picked in
+// random order) and a little more.
+func (n *node) settle() {
+	n.t.Helper()
+	for range 2 {
+		require.Eventually(n.t, func() bool {
+			ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+			defer cancel()
+			return n.d.Ping(ctx) == nil
+		}, 5*time.Second, 10*time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+}
+
 // fakePodResources is the kubelet's PodResources API with a settable answer.
 type fakePodResources struct {
 	podresourcesapi.UnimplementedPodResourcesListerServer
 	mu      sync.Mutex
 	devices map[string][]string // resource → allocated IDs
+	lists   atomic.Int64        // List calls answered
 }
 
 func (f *fakePodResources) set(resource string, ids ...string) {
@@ -77,6 +95,7 @@ func (f *fakePodResources) set(resource string, ids ...string) {
 }
 
 func (f *fakePodResources) List(context.Context, *podresourcesapi.ListPodResourcesRequest) (*podresourcesapi.ListPodResourcesResponse, error) {
+	f.lists.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := &podresourcesapi.ContainerResources{Name: "main"}
@@ -111,7 +130,7 @@ func TestShapeChangeDeferredWhileAllocated(t *testing.T) {
 	n.waitCount("nvidia.com/gpu-blocks", 200)
 	gpu0 := n.d.State().Inventory.GPUs[0].UUID
 	gpu1 := n.d.State().Inventory.GPUs[1].UUID
-	// A pod holds 30 blocks of GPU 0.
+	// A pod holds 2 blocks of GPU 0.
 	pr.set("nvidia.com/gpu-blocks", blocks.FormatID(gpu0, 0), blocks.FormatID(gpu0, 1))
 
 	// The operator turns every GPU whole: GPU 1 changes now, GPU 0 waits.
@@ -162,14 +181,21 @@ func TestNodeLabelPicksNamedConfig(t *testing.T) {
 		o.NodeName = "gpu-node-1"
 		o.NodeClient = client
 	})
-	// The first plan already uses the labelled config: no flap through default.
+	// The first plan already uses the labelled config: no flap through
+	// default. The kubelet's first list holds all 800 blocks, whole GPUs
+	// were never offered, and that first config is generation 1.
 	n.waitCount("nvidia.com/gpu-blocks", 800)
+	p, err := n.kubelet.Plugin(n.ctx, "nvidia.com/gpu-blocks")
+	require.NoError(t, err)
+	require.Len(t, p.FirstDevices(), 800)
+	require.Equal(t, []string{"nvidia.com/gpu-blocks"}, n.kubelet.Resources())
 	require.Equal(t, "blocks", n.d.ConfigStatus().Name)
+	require.EqualValues(t, 1, n.d.ConfigStatus().Generation)
 
 	// Relabel the node: the plan follows without a restart.
 	node = node.DeepCopy()
 	node.Labels[config.NodeLabel] = "half"
-	err := client.Tracker().Update(nodesResource, node, "")
+	err = client.Tracker().Update(nodesResource, node, "")
 	require.NoError(t, err)
 	n.waitCount("nvidia.com/gpu-blocks", 400)
 	n.waitCount("nvidia.com/gpu", 4)

@@ -45,12 +45,6 @@ type Options struct {
 	// NodeClient reads the node's label; nil means the in-cluster client
 	// when NodeName is set.
 	NodeClient metadata.Interface
-	// OnServed, if set, is called with every state served (metrics).
-	OnServed func(*State)
-	// OnConfig, if set, is called whenever the config status changes.
-	OnConfig func(ConfigStatus)
-	// OnAllocate is handed to the plugin manager (metrics).
-	OnAllocate func(resource string, took time.Duration, err error)
 }
 
 func (o *Options) kind() cdi.Kind {
@@ -124,23 +118,39 @@ func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config
 
 // Daemon serves one node.
 type Daemon struct {
-	opts    Options
-	backend gpu.Backend
-	driver  cdi.DriverFiles
-	writer  *cdi.Writer
-	manager *plugin.Manager
-	rescan  chan struct{} // rediscover, then re-plan
-	replan  chan struct{} // re-plan the last inventory
+	opts     Options
+	backend  gpu.Backend
+	driver   cdi.DriverFiles
+	writer   *cdi.Writer
+	manager  *plugin.Manager
+	rescan   chan struct{} // rediscover, then re-plan
+	reconfig chan struct{} // a candidate config is pending
+	replan   chan struct{} // re-plan the last inventory (health changed)
 
-	mu        sync.Mutex
-	state     *State
-	cfg       *config.Config
-	source    config.Source
-	label     string // the node's gpublocks.io/config label
-	status    ConfigStatus
-	unhealthy map[string]bool
-	deferred  map[string]string // GPU UUID → shape kept while allocated
-	warnedPR  bool              // warned once that pod-resources is absent
+	// reloadMu serialises reloadConfig: the file watcher and the label
+	// informer both call it, and a load for a superseded label must not
+	// land after the load for the current one.
+	reloadMu sync.Mutex
+
+	mu    sync.Mutex
+	state *State
+	// cfg and source are the last good config: the one committed and
+	// served. A new config is only a candidate until a plan made from it
+	// passes the plugin manager's checks and is served; until then, and
+	// whenever it is rejected, cfg keeps serving.
+	cfg    *config.Config
+	source config.Source
+	// candidate is a loaded config not applied yet (nil when none), and
+	// candidateSource where it came from. It stays pending while it would
+	// rename resources of allocated devices; heldLogged says that was logged.
+	candidate       *config.Config
+	candidateSource config.Source
+	heldLogged      bool
+	label           string // the node's gpublocks.io/config label
+	status          ConfigStatus
+	unhealthy       map[string]bool
+	deferred        map[string]string // GPU UUID → shape kept while allocated
+	warnedPR        bool              // warned once that pod-resources is absent
 
 	obs observers // health monitor and metrics (health.go, metrics.go)
 }
@@ -181,6 +191,7 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		driver:    driver,
 		writer:    w,
 		rescan:    make(chan struct{}, 1),
+		reconfig:  make(chan struct{}, 1),
 		replan:    make(chan struct{}, 1),
 		cfg:       cfg,
 		source:    src,
@@ -232,6 +243,31 @@ func signal(ch chan struct{}) {
 	}
 }
 
+// Retry bounds for a failed reconcile: the first retry comes after
+// retryMin, each further one waits twice as long, up to retryMax.
+const (
+	retryMin = time.Second
+	retryMax = 30 * time.Second
+)
+
+// trigger is why reconcile runs; it decides what is asked again.
+type trigger int
+
+const (
+	// byHealth re-plans the last inventory with new health. It reuses the
+	// current deferrals and asks the kubelet nothing, so that an XID
+	// reaches ListAndWatch fast.
+	byHealth trigger = iota
+	// byConfig evaluates a candidate config.
+	byConfig
+	// byPoll retries deferred changes.
+	byPoll
+	// byRetry repeats a failed reconcile.
+	byRetry
+	// byRescan rediscovers the GPUs first.
+	byRescan
+)
+
 // Run publishes the first state, serves it, and re-plans on every trigger
 // until ctx is cancelled. It returns nil on a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
@@ -240,8 +276,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	src := d.source
 	d.mu.Unlock()
 	logger.Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
-	// The health monitor and the metrics server stop with Run and are
-	// waited for.
+	// The health monitor, the metrics server and the config watchers stop
+	// with Run and are waited for.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -250,59 +286,99 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.startObservers(ctx, &wg); err != nil {
 		return err
 	}
-	if err := d.startWatchers(ctx); err != nil {
+	if err := d.startWatchers(ctx, &wg); err != nil {
 		return err
 	}
 	// The CDI spec must exist before the kubelet can allocate anything.
-	if err := d.reconcile(ctx, true); err != nil {
+	if err := d.reconcile(ctx, byRescan); err != nil {
 		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.manager.Run(ctx) }()
 	poll := time.NewTicker(d.opts.DeferPollInterval)
 	defer poll.Stop()
+	// A failed reconcile is retried with backoff. Until one succeeds,
+	// every reconcile does the most any failed one asked for (rescanned,
+	// if one of them was a rescan), so that no trigger is lost.
+	retry := time.NewTimer(retryMin)
+	retry.Stop()
+	defer retry.Stop()
+	backoff, failing, rescanPending := retryMin, false, false
 	d.obs.looping.Store(1)
 	for {
-		var err error
+		var why trigger
 		select {
 		case ch := <-d.obs.ping:
 			close(ch)
+			continue
 		case <-ctx.Done():
 			return <-errc
 		case err := <-errc:
 			return err
 		case <-d.rescan:
 			logger.Info("Rescanning GPUs")
-			err = d.reconcile(ctx, true)
+			why = byRescan
+		case <-d.reconfig:
+			why = byConfig
 		case <-d.replan:
-			err = d.reconcile(ctx, false)
+			why = byHealth
 		case <-poll.C:
-			d.mu.Lock()
-			pending := len(d.deferred) > 0
-			d.mu.Unlock()
-			if pending {
-				err = d.reconcile(ctx, false)
+			if !d.pending() {
+				continue
 			}
+			why = byPoll
+		case <-retry.C:
+			why = byRetry
 		}
-		if err != nil {
-			// Keep serving the last good state: a transient NVML or disk
-			// failure must not take devices away.
-			logger.Error(err, "Update failed; still serving the previous devices")
+		if failing {
+			why = max(why, byRetry)
 		}
+		if rescanPending {
+			why = byRescan
+		}
+		err := d.reconcile(ctx, why)
+		if err == nil {
+			if failing {
+				logger.Info("Update succeeded after failures")
+			}
+			retry.Stop()
+			backoff, failing, rescanPending = retryMin, false, false
+			continue
+		}
+		// Keep serving the last good state: a transient NVML or disk
+		// failure must not take devices away.
+		logger.Error(err, "Update failed; still serving the previous devices", "retryIn", backoff)
+		failing, rescanPending = true, rescanPending || why == byRescan
+		retry.Stop()
+		retry.Reset(backoff)
+		backoff = min(2*backoff, retryMax)
 	}
 }
 
-// reconcile recomputes the state (discovering again when rediscover is set),
-// writes the CDI spec and hands the resources to the plugin manager.
-func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
+// pending reports whether the defer poll has work: GPUs kept in their old
+// shape, or a config held back.
+func (d *Daemon) pending() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.deferred) > 0 || d.candidate != nil
+}
+
+// reconcile recomputes the state (discovering again for byRescan and
+// before the first state), writes the CDI spec and hands the resources to
+// the plugin manager. A candidate config is planned and checked first and
+// only committed once served; a bad one is rejected and the last good
+// config serves on.
+func (d *Daemon) reconcile(ctx context.Context, why trigger) error {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	prev, cfg, src := d.state, d.cfg, d.source
+	cand, candSrc := d.candidate, d.candidateSource
+	deferred := d.deferred
 	unhealthy := cloneSet(d.unhealthy)
 	d.mu.Unlock()
 
 	var inv *gpu.Inventory
-	if prev != nil && !rediscover {
+	if prev != nil && why != byRescan {
 		inv = prev.Inventory
 	} else {
 		var err error
@@ -313,15 +389,50 @@ func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 			logger.Error(s.Reason, "Device not offered", "device", s.Device)
 		}
 	}
-	keep := d.deferrals(ctx, prev, inv, cfg)
-	st, err := plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, keep)
-	if err != nil {
-		return err
+
+	// Which devices pods hold matters only when shapes or names may
+	// change; a health change re-plans with the deferrals in force.
+	var alloc *allocations
+	if prev == nil || why != byHealth {
+		alloc = d.allocated(ctx)
 	}
-	st.Source = src
+
+	var st *State
+	var keep map[string]string
+	commit := false
+	if cand != nil && alloc != nil {
+		cst, ckeep, err := d.planConfig(ctx, inv, cand, candSrc, prev, alloc, unhealthy)
+		if err == nil {
+			err = d.manager.Check(cst.Plan.Resources)
+		}
+		var moved []string
+		if err == nil && prev != nil {
+			moved = renamed(prev.Plan, cst.Plan, alloc)
+		}
+		switch {
+		case err != nil:
+			d.rejectCandidate(ctx, cand, candSrc, err)
+		case len(moved) > 0:
+			d.holdCandidate(ctx, cand, candSrc, moved)
+		default:
+			st, keep, commit = cst, ckeep, true
+		}
+	}
+	if st == nil {
+		var err error
+		if alloc == nil {
+			st, err = plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, deferred)
+			keep = deferred
+		} else {
+			st, keep, err = d.planConfig(ctx, inv, cfg, src, prev, alloc, unhealthy)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	if prev == nil || !samePlan(prev.Plan, st.Plan) {
 		for _, w := range st.Plan.Warnings {
-			logger.Info("Warning: "+w, "config", src.Name)
+			logger.Info("Plan warning", "warning", w, "config", st.Source.Name)
 		}
 		for _, a := range st.Plan.GPUs {
 			logger.Info("GPU planned", "index", a.GPU.Index, "uuid", a.GPU.UUID, "model", a.GPU.Model, "shape", a.Shape, "reason", a.Reason)
@@ -338,12 +449,89 @@ func (d *Daemon) reconcile(ctx context.Context, rediscover bool) error {
 	}
 	d.mu.Lock()
 	d.state = st
+	d.deferred = keep
+	var status ConfigStatus
+	if commit {
+		d.cfg, d.source = cand, candSrc
+		if d.candidate == cand {
+			d.candidate, d.heldLogged = nil, false
+		}
+		if prev != nil {
+			// The first state served is generation 1, whichever config
+			// it was planned from.
+			d.status.Generation++
+		}
+		d.status.Name = candSrc.Name
+		d.status.LastError = nil
+		status = d.status
+	}
 	d.mu.Unlock()
-	if d.opts.OnServed != nil {
-		d.opts.OnServed(st)
+	if commit {
+		logger.Info("Config applied", "path", candSrc.Path, "name", candSrc.Name, "reason", candSrc.Reason, "generation", status.Generation)
+	}
+	if alloc != nil {
+		logDeferrals(logger, deferred, keep, st)
 	}
 	d.observe(ctx, st)
 	return nil
+}
+
+// planConfig plans inv under cfg, keeping the shape of every GPU that alloc
+// says is in use (see shapesToKeep).
+func (d *Daemon) planConfig(ctx context.Context, inv *gpu.Inventory, cfg *config.Config, src config.Source, prev *State, alloc *allocations, unhealthy map[string]bool) (*State, map[string]string, error) {
+	keep := shapesToKeep(prev, inv, cfg, alloc)
+	st, err := plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, keep)
+	if err != nil {
+		return nil, nil, err
+	}
+	st.Source = src
+	return st, keep, nil
+}
+
+// rejectCandidate counts a candidate config that cannot be served; the last
+// good config serves on.
+func (d *Daemon) rejectCandidate(ctx context.Context, cand *config.Config, src config.Source, err error) {
+	err = fmt.Errorf("config %q: %w", configName(src), err)
+	d.mu.Lock()
+	current := d.candidate == cand
+	if current {
+		d.candidate, d.heldLogged = nil, false
+		d.status.Errors++
+		d.status.LastError = err
+	}
+	generation := d.status.Generation
+	d.mu.Unlock()
+	if current {
+		klog.FromContext(ctx).Error(err, "Config rejected; still serving the last good config", "generation", generation)
+	}
+}
+
+// holdCandidate keeps a candidate config pending because it would move
+// allocated devices to another resource name, which the kubelet would
+// count as free (devices assigned twice). It is valid, so no error stands;
+// the defer poll tries it again.
+func (d *Daemon) holdCandidate(ctx context.Context, cand *config.Config, src config.Source, moved []string) {
+	d.mu.Lock()
+	current := d.candidate == cand
+	log := current && !d.heldLogged
+	if current {
+		d.heldLogged = true
+		d.status.LastError = nil
+	}
+	d.mu.Unlock()
+	if log {
+		klog.FromContext(ctx).Info("Config change deferred: it renames resources of allocated devices; it applies once they are released",
+			"name", src.Name, "path", src.Path, "devices", nameIDs(moved))
+	}
+}
+
+// configName names a config for messages: its name in a directory, else
+// its file.
+func configName(src config.Source) string {
+	if src.Name != "" {
+		return src.Name
+	}
+	return src.Path
 }
 
 func samePlan(a, b *shape.Plan) bool {

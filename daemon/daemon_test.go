@@ -20,6 +20,7 @@ import (
 type node struct {
 	t       *testing.T
 	ctx     context.Context
+	cancel  context.CancelFunc
 	sim     *sim.Backend
 	d       *Daemon
 	kubelet *fakekubelet.Kubelet
@@ -30,8 +31,17 @@ type node struct {
 
 func startNode(t *testing.T, preset, configYAML string, mods ...func(*Options)) *node {
 	t.Helper()
+	n := newNode(t, preset, configYAML, mods...)
+	n.run()
+	return n
+}
+
+// newNode prepares a node (New has loaded its config) without running it.
+func newNode(t *testing.T, preset, configYAML string, mods ...func(*Options)) *node {
+	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
 	dir, err := os.MkdirTemp("", "gbd") // short: unix socket paths are limited
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
@@ -47,18 +57,23 @@ func startNode(t *testing.T, preset, configYAML string, mods ...func(*Options)) 
 	}
 	k, err := fakekubelet.Start(pluginDir)
 	require.NoError(t, err)
+	t.Cleanup(k.Stop)
 	b, err := sim.New(preset)
 	require.NoError(t, err)
 	d, err := New(ctx, o, b)
 	require.NoError(t, err)
+	return &node{t: t, ctx: ctx, cancel: cancel, sim: b, d: d, kubelet: k, cdiDir: cdiDir, configPath: o.ConfigPath}
+}
+
+// run starts the daemon; the test's cleanup stops it and checks that Run
+// returned cleanly.
+func (n *node) run() {
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-		k.Stop()
+	go func() { done <- n.d.Run(n.ctx) }()
+	n.t.Cleanup(func() {
+		n.cancel()
+		require.NoError(n.t, <-done)
 	})
-	return &node{t: t, ctx: ctx, sim: b, d: d, kubelet: k, cdiDir: cdiDir, configPath: o.ConfigPath}
 }
 
 // waitCount waits until resource streams exactly n healthy devices.

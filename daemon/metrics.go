@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"maps"
 	"net"
+	"slices"
 	"time"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -10,19 +12,12 @@ import (
 )
 
 // allocateHook is what the plugin manager calls after every Allocate: the
-// metrics, then Options.OnAllocate. Nil when there is neither.
+// metrics, or nil when they are disabled.
 func (d *Daemon) allocateHook() func(string, time.Duration, error) {
-	m, user := d.obs.metrics, d.opts.OnAllocate
-	switch {
-	case m == nil:
-		return user
-	case user == nil:
-		return m.Allocate
+	if d.obs.metrics == nil {
+		return nil
 	}
-	return func(resource string, took time.Duration, err error) {
-		m.Allocate(resource, took, err)
-		user(resource, took, err)
-	}
+	return d.obs.metrics.Allocate
 }
 
 // MetricsAddr is the address the metrics listener is bound to, or nil
@@ -52,9 +47,13 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	if st == nil {
 		return snap
 	}
-	for _, r := range st.Plan.Resources {
-		c := metrics.Resource{Name: r.Name()}
-		for _, dev := range r.Devices() {
+	// What the kubelet is streamed, dropped resources included: they stay
+	// registered with no devices, and their series read 0 rather than
+	// vanish.
+	served := d.manager.Devices()
+	for _, name := range slices.Sorted(maps.Keys(served)) {
+		c := metrics.Resource{Name: name}
+		for _, dev := range served[name] {
 			if dev.Health == pluginapi.Healthy {
 				c.Healthy++
 			} else {

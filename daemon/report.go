@@ -9,7 +9,6 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpublocks/gpublocks/blocks"
-	"github.com/gpublocks/gpublocks/shape"
 )
 
 // WriteReport prints the state as the tables `gpublocks inspect` shows:
@@ -111,13 +110,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// ShapeCounts counts GPUs per shape, for logs and metrics.
-func (s *State) ShapeCounts() map[string]int {
-	out := map[string]int{shape.Whole: 0, shape.Blocks: 0, shape.MIG: 0, shape.None: 0}
-	for _, a := range s.Plan.GPUs {
-		out[a.Shape]++
-	}
-	return out
 }

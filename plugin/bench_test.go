@@ -12,11 +12,12 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
-// benchResource precomputes one Allocate response per device, as real
-// resources should.
+// benchResource precomputes its Allocate responses, as real resources
+// should: one per device, and one shared answer for multi-device requests.
 type benchResource struct {
 	testResource
-	resp map[string]*pluginapi.ContainerAllocateResponse
+	resp  map[string]*pluginapi.ContainerAllocateResponse
+	multi *pluginapi.ContainerAllocateResponse
 }
 
 func newBenchResource(n int) *benchResource {
@@ -30,6 +31,10 @@ func newBenchResource(n int) *benchResource {
 			CdiDevices: []*pluginapi.CDIDevice{{Name: "gpublocks.io/gpu=" + id}},
 		}
 	}
+	r.multi = &pluginapi.ContainerAllocateResponse{
+		Envs:       map[string]string{"NVIDIA_VISIBLE_DEVICES": "void", "GPUBLOCKS_BLOCKS": "100"},
+		CdiDevices: []*pluginapi.CDIDevice{{Name: "gpublocks.io/gpu=" + r.devs[0].ID}},
+	}
 	return r
 }
 
@@ -37,15 +42,28 @@ func (r *benchResource) Allocate(ids []string) (*pluginapi.ContainerAllocateResp
 	if len(ids) == 1 {
 		return r.resp[ids[0]], nil
 	}
-	return r.testResource.Allocate(ids)
+	return r.multi, nil
 }
 
 // BenchmarkAllocate measures an Allocate round trip over the real unix
 // socket against an empty round trip (GetDevicePluginOptions) on the same
 // connection, interleaved so both see the same machine state. It reports
-// both medians and their ratio (DESIGN §8: alloc/empty ≤ 1.10).
+// both medians and their ratio (DESIGN §8: alloc/empty ≤ 1.10). "100 IDs"
+// is a container asking for a whole GPU's worth of blocks out of 800, so
+// the plugin's ID validation (lookups and the repeat check) counts.
 func BenchmarkAllocate(b *testing.B) {
-	const devices = 100
+	for _, bc := range []struct {
+		name         string
+		devices, ids int
+	}{
+		{"1 ID of 100", 100, 1},
+		{"100 IDs of 800", 800, 100},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchmarkAllocate(b, bc.devices, bc.ids) })
+	}
+}
+
+func benchmarkAllocate(b *testing.B, devices, perRequest int) {
 	var allocations atomic.Int64
 	e := newTestEnv(b, Options{OnAllocate: func(string, time.Duration, error) { allocations.Add(1) }})
 	e.quiet = true
@@ -58,14 +76,18 @@ func BenchmarkAllocate(b *testing.B) {
 	c := e.dial(b, gpu)
 	ctx := context.Background()
 	empty := &pluginapi.Empty{}
-	reqs := make([]*pluginapi.AllocateRequest, devices)
-	for i, d := range res.devs {
-		reqs[i] = containers([]string{d.ID})
+	reqs := make([]*pluginapi.AllocateRequest, devices/perRequest)
+	for i := range reqs {
+		ids := make([]string, perRequest)
+		for j := range ids {
+			ids[j] = res.devs[i*perRequest+j].ID
+		}
+		reqs[i] = containers(ids)
 	}
 	for i := range 200 { // connection set-up and warm-up
 		_, err := c.GetDevicePluginOptions(ctx, empty)
 		require.NoError(b, err)
-		_, err = c.Allocate(ctx, reqs[i%devices])
+		_, err = c.Allocate(ctx, reqs[i%len(reqs)])
 		require.NoError(b, err)
 	}
 
@@ -76,7 +98,7 @@ func BenchmarkAllocate(b *testing.B) {
 		t0 := time.Now()
 		_, err := c.GetDevicePluginOptions(ctx, empty)
 		t1 := time.Now()
-		resp, err2 := c.Allocate(ctx, reqs[i%devices])
+		resp, err2 := c.Allocate(ctx, reqs[i%len(reqs)])
 		t2 := time.Now()
 		if err != nil || err2 != nil || len(resp.ContainerResponses) != 1 {
 			b.Fatalf("round trip failed: %v, %v", err, err2)
@@ -89,6 +111,28 @@ func BenchmarkAllocate(b *testing.B) {
 	b.ReportMetric(float64(a.Nanoseconds()), "alloc-p50-ns")
 	b.ReportMetric(float64(r.Nanoseconds()), "empty-p50-ns")
 	b.ReportMetric(float64(a)/float64(r), "alloc/empty")
+}
+
+// BenchmarkCheck measures the plugin's own validation of one container's
+// IDs, without the socket: 1 and 100 IDs out of 800.
+func BenchmarkCheck(b *testing.B) {
+	res := newBenchResource(800)
+	snap, err := newSnapshot(res)
+	require.NoError(b, err)
+	for _, n := range []int{1, 100} {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = res.devs[i].ID
+		}
+		b.Run(fmt.Sprintf("%d IDs of 800", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := snap.check(gpu, ids, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 func median(d []time.Duration) time.Duration {

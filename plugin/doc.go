@@ -26,7 +26,10 @@
 // longer given stay registered but advertise no devices. That last rule
 // matters: if a plugin closes its socket, the kubelet keeps counting the old
 // devices, as unhealthy, for five minutes, and a GPU that moved to another
-// resource (whole → blocks, say) would be counted twice.
+// resource (whole → blocks, say) would be counted twice. Check runs the
+// same validation without applying anything, so a caller can refuse a
+// layout before acting on it (the daemon checks a new config's plan before
+// it writes the CDI spec for it).
 //
 // # What the kubelet sees
 //
@@ -36,16 +39,19 @@
 // behind skips to the newest list), GetPreferredAllocation and Allocate.
 // Both check the requested IDs against the current snapshot first: IDs the
 // resource does not offer, or the same ID twice, are refused with
-// codes.InvalidArgument and a message naming the IDs and the resource. The
-// Resource only ever sees well-formed requests.
+// codes.InvalidArgument and a message naming the IDs and the resource. A
+// dropped resource has no Resource to ask: GetPreferredAllocation is refused
+// with codes.FailedPrecondition. The Resource only ever sees well-formed
+// requests.
 //
 // # Hot path
 //
 // Allocate and GetPreferredAllocation run while a pod is being admitted, so
 // they must cost about as much as an empty gRPC round trip. Handlers load
 // the snapshot through one atomic pointer, take no lock and do no I/O;
-// everything derived from the device list (the ID set, the ListAndWatch
-// message) is computed once, in Update. Resources are expected to do the
+// everything derived from the device list (the ID → position index, the
+// ListAndWatch message) is computed once, in Update; repeated IDs are found
+// with a bitset over device positions, on the stack for up to 1,024 devices. Resources are expected to do the
 // same with their Allocate responses.
 //
 // # Kubelet restarts
@@ -63,7 +69,8 @@
 // # Errors
 //
 // Errors wrap one sentinel per failure class (ErrInvalidResource,
-// ErrUnknownDevice, ErrDuplicateDevice, ErrBadRequest, ErrAlreadyRunning).
+// ErrUnknownDevice, ErrDuplicateDevice, ErrBadRequest, ErrNoDevices,
+// ErrWatcherClosed, ErrAlreadyRunning).
 // Over gRPC, request errors arrive as codes.InvalidArgument; a Resource's
 // own gRPC status errors keep their code.
 package plugin

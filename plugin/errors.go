@@ -18,6 +18,13 @@ var (
 	// ErrBadRequest means a request is malformed in a way that does not name
 	// specific devices: an empty ID list or an impossible size.
 	ErrBadRequest = errors.New("malformed request")
+	// ErrNoDevices means a request reached a resource that was dropped from
+	// the layout: it stays registered (see Manager.Update) but offers no
+	// devices now.
+	ErrNoDevices = errors.New("offers no devices now")
+	// ErrWatcherClosed means Manager.Run's watcher of the plugin directory
+	// stopped: without it kubelet restarts go unnoticed, so Run stops.
+	ErrWatcherClosed = errors.New("watcher of the plugin directory closed")
 	// ErrAlreadyRunning means Manager.Run was called more than once.
 	ErrAlreadyRunning = errors.New("manager already running")
 )

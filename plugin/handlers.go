@@ -56,6 +56,13 @@ func (s *server) ListAndWatch(_ *pluginapi.Empty, stream grpc.ServerStreamingSer
 // choose.
 func (s *server) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
 	snap := s.snap.Load()
+	if snap.res == nil {
+		// Dropped from the layout: there is nothing to choose from, and no
+		// Resource to ask.
+		err := fmt.Errorf("resource %q %w", s.name, ErrNoDevices)
+		s.log.Error(err, "request rejected", "method", "GetPreferredAllocation")
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 	resp := &pluginapi.PreferredAllocationResponse{
 		ContainerResponses: make([]*pluginapi.ContainerPreferredAllocationResponse, len(req.GetContainerRequests())),
 	}

@@ -49,17 +49,19 @@ func containers(idLists ...[]string) *pluginapi.AllocateRequest {
 }
 
 func TestAllocate(t *testing.T) {
+	// The hook runs on a gRPC goroutine: it only records, and the test
+	// goroutine asserts.
 	type call struct {
-		err  error
-		took time.Duration
+		resource string
+		err      error
+		took     time.Duration
 	}
 	var mu sync.Mutex
 	var calls []call
 	c := servedEnv(t, Options{OnAllocate: func(r string, took time.Duration, err error) {
 		mu.Lock()
 		defer mu.Unlock()
-		require.Equal(t, gpu, r)
-		calls = append(calls, call{err, took})
+		calls = append(calls, call{r, err, took})
 	}})
 
 	cases := map[string]struct {
@@ -85,10 +87,12 @@ func TestAllocate(t *testing.T) {
 			mu.Unlock()
 			resp, err := c.Allocate(context.Background(), tc.req)
 			mu.Lock()
-			require.Len(t, calls, 1, "OnAllocate once per call")
-			require.Equal(t, err == nil, calls[0].err == nil)
-			require.Positive(t, calls[0].took)
+			got := calls
 			mu.Unlock()
+			require.Len(t, got, 1, "OnAllocate once per call")
+			require.Equal(t, gpu, got[0].resource)
+			require.Equal(t, err == nil, got[0].err == nil)
+			require.Positive(t, got[0].took)
 			if tc.wantCode != codes.OK {
 				require.Equal(t, tc.wantCode, status.Code(err), "%v", err)
 				for _, w := range tc.wantMsg {
@@ -144,10 +148,45 @@ func TestGetPreferredAllocation(t *testing.T) {
 	}
 }
 
+func TestGetPreferredAllocationOnDroppedResource(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0", "g1"), newTestResource(mig, "m0")}))
+	k := startKubelet(t, e.kubelet)
+	e.run(t)
+	k.registrations(t, 2, 2*time.Second)
+	c := e.dial(t, gpu)
+
+	// Dropped: the kubelet may still ask with the IDs it saw last.
+	require.NoError(t, e.m.Update([]Resource{newTestResource(mig, "m0")}))
+	_, err := c.GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{
+		ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: []string{"g0", "g1"}, AllocationSize: 1}},
+	})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), gpu)
+	require.Contains(t, status.Convert(err).Message(), "offers no devices now")
+
+	// The server survived: it still answers.
+	_, err = c.GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
+	require.NoError(t, err)
+}
+
 func TestPreStartContainerIsNoop(t *testing.T) {
 	c := servedEnv(t, Options{})
 	_, err := c.PreStartContainer(context.Background(), &pluginapi.PreStartContainerRequest{DevicesIds: []string{"g0"}})
 	require.NoError(t, err)
+}
+
+func TestSnapshotCheckLargeResource(t *testing.T) {
+	// Over stackDevices devices the bitset moves to the heap.
+	var many []string
+	for i := range stackDevices + 100 {
+		many = append(many, fmt.Sprintf("d%d", i))
+	}
+	snap, err := newSnapshot(newTestResource(gpu, many...))
+	require.NoError(t, err)
+	last := many[len(many)-1]
+	require.NoError(t, snap.check(gpu, []string{"d0", last}, true))
+	require.ErrorIs(t, snap.check(gpu, []string{last, "d0", last}, true), ErrDuplicateDevice)
 }
 
 func TestSnapshotCheck(t *testing.T) {
@@ -163,12 +202,14 @@ func TestSnapshotCheck(t *testing.T) {
 		want    error
 		wantMsg string
 	}{
-		"known":                {ids: []string{"d1", "d2"}, unique: true},
-		"repeats allowed":      {ids: []string{"d1", "d1"}, unique: false},
-		"large unique":         {ids: many, unique: true},
-		"large with a repeat":  {ids: append(append([]string{}, many...), "d7"), unique: true, want: ErrDuplicateDevice, wantMsg: "duplicate device IDs: d7"},
-		"many unknown trimmed": {ids: []string{"x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11"}, want: ErrUnknownDevice, wantMsg: "x9 and 2 more"},
-		"empty":                {ids: nil, want: ErrBadRequest},
+		"known":                 {ids: []string{"d1", "d2"}, unique: true},
+		"repeats allowed":       {ids: []string{"d1", "d1"}, unique: false},
+		"large unique":          {ids: many, unique: true},
+		"large with a repeat":   {ids: append(append([]string{}, many...), "d7"), unique: true, want: ErrDuplicateDevice, wantMsg: "duplicate device IDs: d7"},
+		"many unknown trimmed":  {ids: []string{"x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11"}, want: ErrUnknownDevice, wantMsg: "x9 and 2 more"},
+		"empty":                 {ids: nil, want: ErrBadRequest},
+		"first and last":        {ids: []string{"d0", "d199", "d64", "d63"}, unique: true},
+		"repeat at a word edge": {ids: []string{"d63", "d64", "d63"}, unique: true, want: ErrDuplicateDevice, wantMsg: "duplicate device IDs: d63"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -2,16 +2,18 @@ package plugin
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"k8s.io/klog/v2"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
 // maxSocketPath is the longest path a unix socket address holds (108 bytes
@@ -54,6 +56,8 @@ type Manager struct {
 	started bool            // Run was called
 	wg      sync.WaitGroup  // server goroutines
 	changed chan struct{}   // closed and replaced when registration state changes
+	// onWatch, set by tests, sees Run's watcher (to close it under Run).
+	onWatch func(*fsnotify.Watcher)
 }
 
 // NewManager returns a Manager that serves nothing until Update and Run.
@@ -87,40 +91,11 @@ func NewManager(opts Options) *Manager {
 // wrap ErrInvalidResource. Calling Update before Run is allowed and is how
 // the first layout is served.
 func (m *Manager) Update(resources []Resource) error {
-	snaps := make(map[string]*snapshot, len(resources))
-	for _, r := range resources {
-		if r == nil {
-			return fmt.Errorf("%w: nil resource", ErrInvalidResource)
-		}
-		name := r.Name()
-		if !strings.Contains(name, "/") {
-			return fmt.Errorf("%w: name %q lacks a domain (want e.g. nvidia.com/gpu)", ErrInvalidResource, name)
-		}
-		if _, dup := snaps[name]; dup {
-			return fmt.Errorf("%w: name %q given twice", ErrInvalidResource, name)
-		}
-		if p := filepath.Join(m.opts.PluginDir, SocketName(name)); len(p) > maxSocketPath {
-			return fmt.Errorf("%w: socket path %s is longer than %d bytes", ErrInvalidResource, p, maxSocketPath)
-		}
-		snap, err := newSnapshot(r)
-		if err != nil {
-			return err
-		}
-		snaps[name] = snap
-	}
-
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	owners := make(map[string]string, len(m.servers)+len(snaps))
-	for name := range m.servers {
-		owners[SocketName(name)] = name
-	}
-	for name := range snaps {
-		sock := SocketName(name)
-		if other, ok := owners[sock]; ok && other != name {
-			return fmt.Errorf("%w: names %q and %q share socket %s", ErrInvalidResource, name, other, sock)
-		}
-		owners[sock] = name
+	snaps, err := m.validateLocked(resources)
+	if err != nil {
+		return err
 	}
 
 	log := m.logger()
@@ -150,12 +125,64 @@ func (m *Manager) Update(resources []Resource) error {
 	return nil
 }
 
+// Check reports whether Update would accept resources, with the same
+// checks and errors (wrapping ErrInvalidResource), and changes nothing. It
+// lets a caller validate a candidate layout before acting on it, e.g.
+// before publishing a CDI spec for it. Socket names are checked against
+// every resource served so far, dropped ones included, as Update does.
+func (m *Manager) Check(resources []Resource) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, err := m.validateLocked(resources)
+	return err
+}
+
+// validateLocked checks resources and indexes each into a snapshot. m.mu
+// must be held: socket names are checked against m.servers.
+func (m *Manager) validateLocked(resources []Resource) (map[string]*snapshot, error) {
+	snaps := make(map[string]*snapshot, len(resources))
+	for _, r := range resources {
+		if r == nil {
+			return nil, fmt.Errorf("%w: nil resource", ErrInvalidResource)
+		}
+		name := r.Name()
+		if !strings.Contains(name, "/") {
+			return nil, fmt.Errorf("%w: name %q lacks a domain (want e.g. nvidia.com/gpu)", ErrInvalidResource, name)
+		}
+		if _, dup := snaps[name]; dup {
+			return nil, fmt.Errorf("%w: name %q given twice", ErrInvalidResource, name)
+		}
+		if p := filepath.Join(m.opts.PluginDir, SocketName(name)); len(p) > maxSocketPath {
+			return nil, fmt.Errorf("%w: socket path %s is longer than %d bytes", ErrInvalidResource, p, maxSocketPath)
+		}
+		snap, err := newSnapshot(r)
+		if err != nil {
+			return nil, err
+		}
+		snaps[name] = snap
+	}
+	owners := make(map[string]string, len(m.servers)+len(snaps))
+	for name := range m.servers {
+		owners[SocketName(name)] = name
+	}
+	// Sorted, so that the same collision is always reported the same way.
+	for _, name := range slices.Sorted(maps.Keys(snaps)) {
+		sock := SocketName(name)
+		if other, ok := owners[sock]; ok && other != name {
+			return nil, fmt.Errorf("%w: names %q and %q share socket %s", ErrInvalidResource, name, other, sock)
+		}
+		owners[sock] = name
+	}
+	return snaps, nil
+}
+
 // Run serves every resource until ctx is done, then stops the gRPC servers
 // and removes their sockets. It watches the plugin directory so that a
 // kubelet restart (a new kubelet.sock) or a deleted plugin socket leads to
 // serving and registering again, with no restart of the process. Run
 // returns nil after ctx is done, or an error if it cannot watch PluginDir
-// (Run may then be called again).
+// (Run may then be called again), or one wrapping ErrWatcherClosed, after
+// stopping every server and removing its socket, if the watcher stops.
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.started {
@@ -175,6 +202,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	defer w.Close()
+	if m.onWatch != nil {
+		m.onWatch(w)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -190,25 +220,30 @@ func (m *Manager) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(m.opts.ResyncPeriod)
 	defer resync.Stop()
-	for ctx.Err() == nil {
+	var runErr error
+	for ctx.Err() == nil && runErr == nil {
 		select {
 		case <-ctx.Done():
 		case ev, ok := <-w.Events:
-			if !ok {
-				return errors.New("filesystem watcher closed")
+			if ok {
+				kubelet = m.handleEvent(log, ev, kubelet)
+			} else {
+				runErr = fmt.Errorf("%w: %s", ErrWatcherClosed, m.opts.PluginDir)
 			}
-			kubelet = m.handleEvent(log, ev, kubelet)
 		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("filesystem watcher closed")
+			if ok {
+				log.Error(err, "watching plugin directory; checking sockets")
+				kubelet = m.resync(kubelet)
+			} else {
+				runErr = fmt.Errorf("%w: %s", ErrWatcherClosed, m.opts.PluginDir)
 			}
-			log.Error(err, "watching plugin directory; checking sockets")
-			kubelet = m.resync(kubelet)
 		case <-resync.C:
 			kubelet = m.resync(kubelet)
 		}
 	}
 
+	// One shutdown path, whatever ended the loop: the servers stop and
+	// remove their sockets before Run returns.
 	m.mu.Lock()
 	m.ctx = nil
 	m.mu.Unlock()
@@ -217,8 +252,25 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.notifyLocked()
 	m.mu.Unlock()
+	if runErr != nil {
+		log.Error(runErr, "device-plugin manager stopped")
+		return runErr
+	}
 	log.Info("device-plugin manager stopped")
 	return nil
+}
+
+// Devices returns the device list each resource streams now, by name,
+// dropped resources included (with an empty list). The lists are shared
+// snapshots: callers must not modify them.
+func (m *Manager) Devices() map[string][]*pluginapi.Device {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string][]*pluginapi.Device, len(m.servers))
+	for name, s := range m.servers {
+		out[name] = s.snap.Load().list.Devices
+	}
+	return out
 }
 
 // Registered reports whether Run is serving and every resource given to

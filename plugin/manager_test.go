@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -48,9 +50,16 @@ func TestRegistration(t *testing.T) {
 	require.Equal(t, "gpublocks-example_com_mig-1g_10gb.sock", SocketName(mig))
 	e.waitRegistered(t, 2*time.Second)
 	require.True(t, e.m.Registered())
-	mu.Lock()
-	require.Equal(t, map[string]int{gpu: 1, mig: 1}, hooked)
-	mu.Unlock()
+	// Registered turns true just before the hook runs: wait for it, and
+	// never assert while holding the hook's lock (a failed assertion would
+	// leave it locked and the hook, on the server goroutine, stuck).
+	hookedNow := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(hooked)
+	}
+	require.Eventually(t, func() bool { return len(hookedNow()) == 2 }, 2*time.Second, time.Millisecond)
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, hookedNow())
 
 	opts, err := e.dial(t, gpu).GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
 	require.NoError(t, err)
@@ -207,14 +216,52 @@ func TestUpdateRejectsInvalidResources(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newTestEnv(t, Options{})
 			require.NoError(t, e.m.Update(tc.first))
+			checked := e.m.Check(tc.update)
+			require.ErrorIs(t, checked, ErrInvalidResource)
 			err := e.m.Update(tc.update)
 			require.ErrorIs(t, err, ErrInvalidResource)
+			require.Equal(t, err.Error(), checked.Error(), "Check says what Update would")
 			// Nothing was applied.
 			e.m.mu.Lock()
 			require.Len(t, e.m.servers, len(tc.first))
 			e.m.mu.Unlock()
 		})
 	}
+}
+
+func TestCheckChangesNothing(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	res := newTestResource(gpu, "g0")
+	require.NoError(t, e.m.Update([]Resource{res}))
+	require.NoError(t, e.m.Check([]Resource{newTestResource(gpu, "g1"), newTestResource(mig, "m0")}))
+	e.m.mu.Lock()
+	defer e.m.mu.Unlock()
+	require.Len(t, e.m.servers, 1, "Check serves nothing new")
+	require.Equal(t, []string{"g0:Healthy"}, ids(e.m.servers[gpu].snap.Load().list.Devices), "Check publishes nothing")
+}
+
+func TestRunStopsWhenWatcherCloses(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	watcher := make(chan *fsnotify.Watcher, 1)
+	e.m.onWatch = func(w *fsnotify.Watcher) { watcher <- w }
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0")}))
+	k := startKubelet(t, e.kubelet)
+	done := make(chan error, 1)
+	go func() { done <- e.m.Run(context.Background()) }()
+	k.registrations(t, 1, 2*time.Second)
+	e.waitRegistered(t, 2*time.Second)
+
+	require.NoError(t, (<-watcher).Close())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ErrWatcherClosed)
+		require.ErrorContains(t, err, e.dir)
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "Run did not return after its watcher closed")
+	}
+	// The normal shutdown path ran before Run returned.
+	require.NoFileExists(t, e.socket(gpu))
+	require.False(t, e.m.Registered())
 }
 
 func TestRunFailsWithoutPluginDir(t *testing.T) {

@@ -12,9 +12,9 @@ import (
 // broken request for 800 blocks does not produce an 800-ID log line.
 const maxNamedIDs = 10
 
-// smallRequest is the ID count up to which duplicates are found by comparing
-// pairs, which needs no allocation; longer lists use a map.
-const smallRequest = 64
+// stackDevices is the device count up to which check's duplicate bitset
+// lives on the stack; only larger resources allocate one per request.
+const stackDevices = 1024
 
 // A snapshot is everything a gRPC handler needs about one resource at one
 // moment. It is immutable once published: handlers load it through an
@@ -24,8 +24,9 @@ type snapshot struct {
 	// res answers Prefer and Allocate; nil once the resource has been dropped
 	// from the layout (the snapshot then offers no devices).
 	res Resource
-	// ids is the set of offered device IDs.
-	ids map[string]struct{}
+	// ids maps every offered device ID to its position in list.Devices, so
+	// that check finds repeats with a bitset instead of a second map.
+	ids map[string]int32
 	// list is the ListAndWatch message, shared by every stream.
 	list *pluginapi.ListAndWatchResponse
 	// stale is closed when a snapshot with a different device list replaces
@@ -39,19 +40,19 @@ type snapshot struct {
 func newSnapshot(res Resource) (*snapshot, error) {
 	s := &snapshot{res: res, list: &pluginapi.ListAndWatchResponse{}, stale: make(chan struct{})}
 	if res == nil {
-		s.ids = map[string]struct{}{}
+		s.ids = map[string]int32{}
 		return s, nil
 	}
 	devs := res.Devices()
-	s.ids = make(map[string]struct{}, len(devs))
-	for _, d := range devs {
+	s.ids = make(map[string]int32, len(devs))
+	for i, d := range devs {
 		if d == nil {
 			return nil, fmt.Errorf("%w: %q: nil device", ErrInvalidResource, res.Name())
 		}
 		if _, dup := s.ids[d.ID]; dup {
 			return nil, fmt.Errorf("%w: %q: device ID %q listed twice", ErrInvalidResource, res.Name(), d.ID)
 		}
-		s.ids[d.ID] = struct{}{}
+		s.ids[d.ID] = int32(i)
 	}
 	s.list.Devices = devs
 	return s, nil
@@ -62,34 +63,33 @@ func (s *snapshot) sameDevices(o *snapshot) bool {
 	return proto.Equal(s.list, o.list)
 }
 
-// known reports whether every ID is offered by the snapshot.
-func (s *snapshot) known(ids []string) bool {
-	for _, id := range ids {
-		if _, ok := s.ids[id]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// unique reports whether no ID occurs twice.
-func unique(ids []string) bool {
-	if len(ids) <= smallRequest {
-		for i := 1; i < len(ids); i++ {
-			for j := 0; j < i; j++ {
-				if ids[i] == ids[j] {
-					return false
-				}
+// valid reports whether every ID is offered and, with wantUnique, none is
+// repeated. It allocates nothing for resources of up to stackDevices
+// devices: repeats are found with a bitset over the device positions.
+func (s *snapshot) valid(ids []string, wantUnique bool) bool {
+	if !wantUnique || len(ids) == 1 {
+		for _, id := range ids {
+			if _, ok := s.ids[id]; !ok {
+				return false
 			}
 		}
 		return true
 	}
-	seen := make(map[string]struct{}, len(ids))
+	var buf [stackDevices / 64]uint64
+	seen := buf[:]
+	if n := len(s.list.Devices); n > stackDevices {
+		seen = make([]uint64, (n+63)/64)
+	}
 	for _, id := range ids {
-		if _, dup := seen[id]; dup {
+		i, ok := s.ids[id]
+		if !ok {
 			return false
 		}
-		seen[id] = struct{}{}
+		w, bit := i>>6, uint64(1)<<(i&63)
+		if seen[w]&bit != 0 {
+			return false
+		}
+		seen[w] |= bit
 	}
 	return true
 }
@@ -101,7 +101,7 @@ func (s *snapshot) check(name string, ids []string, wantUnique bool) error {
 	if len(ids) == 0 {
 		return fmt.Errorf("resource %q: %w: no device IDs", name, ErrBadRequest)
 	}
-	if s.known(ids) && (!wantUnique || unique(ids)) {
+	if s.valid(ids, wantUnique) {
 		return nil
 	}
 	var unknown, dups []string

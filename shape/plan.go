@@ -101,7 +101,7 @@ func Build(in Input) *Plan {
 			p.CDIGPUs = append(p.CDIGPUs, g.UUID)
 		default:
 			a.Shape = Whole
-			whole = append(whole, unit{id: g.UUID, healthy: !in.Unhealthy[g.UUID], numa: g.NUMANode})
+			whole = append(whole, unit{id: g.UUID, healthy: wholeHealthy(g, in.Unhealthy), numa: g.NUMANode})
 			p.CDIGPUs = append(p.CDIGPUs, g.UUID)
 		}
 		p.GPUs = append(p.GPUs, a)
@@ -140,6 +140,22 @@ func Build(in Input) *Plan {
 	}
 	sort.Slice(p.Resources, func(i, j int) bool { return p.Resources[i].Name() < p.Resources[j].Name() })
 	return p
+}
+
+// wholeHealthy reports whether a GPU offered whole is healthy: a fault
+// scoped to one of its MIG devices (a MIG-enabled GPU offered whole under
+// migStrategy none) takes the whole GPU down, since the container gets all
+// of it.
+func wholeHealthy(g *gpu.GPU, unhealthy map[string]bool) bool {
+	if unhealthy[g.UUID] {
+		return false
+	}
+	for _, d := range g.MigDevices {
+		if unhealthy[d.UUID] {
+			return false
+		}
+	}
+	return true
 }
 
 // ResourceNames lists the plan's resource names.

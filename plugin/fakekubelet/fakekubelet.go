@@ -139,6 +139,7 @@ type Plugin struct {
 
 	mu        sync.Mutex
 	devices   []*pluginapi.Device
+	first     []*pluginapi.Device // the first list streamed
 	updates   int
 	allocated map[string]bool
 	changed   chan struct{}
@@ -157,6 +158,9 @@ func (p *Plugin) follow(stream pluginapi.DevicePlugin_ListAndWatchClient) {
 		}
 		p.mu.Lock()
 		p.devices = resp.Devices
+		if p.updates == 0 {
+			p.first = resp.Devices
+		}
 		p.updates++
 		close(p.changed)
 		p.changed = make(chan struct{})
@@ -169,6 +173,14 @@ func (p *Plugin) Devices() []*pluginapi.Device {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.devices
+}
+
+// FirstDevices returns the first device list the plugin streamed after
+// registering (nil before it arrives): what the kubelet saw first.
+func (p *Plugin) FirstDevices() []*pluginapi.Device {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first
 }
 
 // Healthy counts the healthy devices in the last list.
