@@ -48,7 +48,12 @@ func BenchmarkPreferOverGRPC(b *testing.B) {
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
 	p, err := k.Plugin(ctx, res.Name())
 	if err != nil {
 		b.Fatal(err)

@@ -66,7 +66,10 @@ func TestServeWithManifestArgs(t *testing.T) {
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("serve exited with %v after SIGTERM; want a clean exit", err)
+			}
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
 			t.Errorf("serve did not stop on SIGTERM within 10s")
