@@ -209,3 +209,21 @@ func TestNodeLabelPicksNamedConfig(t *testing.T) {
 	require.ErrorContains(t, n.d.ConfigStatus().LastError, "names no config")
 	n.waitCount("nvidia.com/gpu-blocks", 400)
 }
+
+func TestBrokenOtherKeyDoesNotStopNode(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "default"), []byte("gpus: [{match: {index: [0]}, shape: blocks}]\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "team-b"), []byte("blocks: {polcy: spread}\n"), 0o644))
+	n := startNode(t, "dgxa100", "", func(o *Options) { o.ConfigPath = dir })
+	n.waitCount("nvidia.com/gpu-blocks", 100)
+	n.waitCount("nvidia.com/gpu", 7)
+	st := n.d.ConfigStatus()
+	require.NoError(t, st.LastError)
+	require.Equal(t, "default", st.Name)
+
+	// Fixing the other key, or breaking it more, changes nothing here.
+	replaceFile(t, filepath.Join(dir, "team-b"), "version: v9\n")
+	time.Sleep(300 * time.Millisecond)
+	require.NoError(t, n.d.ConfigStatus().LastError)
+	n.waitCount("nvidia.com/gpu-blocks", 100)
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -181,6 +182,10 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, simulated := backend.(*sim.Backend); !simulated && driver.Empty() {
+		klog.FromContext(ctx).Error(nil, "NVML loaded, but no driver libraries or tools were found under --driver-root: containers get device nodes only and CUDA will not start in them; point --driver-root at the driver's root",
+			"driverRoot", o.DriverRoot)
+	}
 	w, err := cdi.NewWriter(o.CDIDir, o.kind())
 	if err != nil {
 		return nil, err
@@ -276,6 +281,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	src := d.source
 	d.mu.Unlock()
 	logger.Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
+	logOtherConfigs(logger, src)
 	// The health monitor, the metrics server and the config watchers stop
 	// with Run and are waited for.
 	var wg sync.WaitGroup
@@ -468,6 +474,7 @@ func (d *Daemon) reconcile(ctx context.Context, why trigger) error {
 	d.mu.Unlock()
 	if commit {
 		logger.Info("Config applied", "path", candSrc.Path, "name", candSrc.Name, "reason", candSrc.Reason, "generation", status.Generation)
+		logOtherConfigs(logger, candSrc)
 	}
 	if alloc != nil {
 		logDeferrals(logger, deferred, keep, st)
@@ -554,4 +561,12 @@ func cloneSet(m map[string]bool) map[string]bool {
 		}
 	}
 	return out
+}
+
+// logOtherConfigs warns about the broken configs of a ConfigMap that this
+// node does not use: they fail only the nodes that choose them.
+func logOtherConfigs(logger klog.Logger, src config.Source) {
+	for _, err := range src.Others {
+		logger.Error(err, "Another config in the ConfigMap is invalid; nodes that choose it keep their last good config", "dir", filepath.Dir(src.Path))
+	}
 }
