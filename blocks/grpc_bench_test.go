@@ -41,7 +41,8 @@ func BenchmarkPreferOverGRPC(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer k.Stop()
-	m := plugin.NewManager(plugin.Options{PluginDir: dir, KubeletSocket: filepath.Join(dir, "kubelet.sock")})
+	quiet := logr.Discard()
+	m := plugin.NewManager(plugin.Options{PluginDir: dir, KubeletSocket: filepath.Join(dir, "kubelet.sock"), Logger: &quiet})
 	if err := m.Update([]plugin.Resource{res}); err != nil {
 		b.Fatal(err)
 	}

@@ -204,7 +204,8 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		unhealthy: map[string]bool{},
 	}
 	d.initObservers()
-	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook()})
+	logger := klog.FromContext(ctx)
+	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook(), Logger: &logger})
 	return d, nil
 }
 

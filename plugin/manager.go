@@ -41,6 +41,9 @@ type Options struct {
 	// ResyncPeriod is how often sockets are checked even without
 	// filesystem events (a safety net for a lost fsnotify event); default 5 s.
 	ResyncPeriod time.Duration
+	// Logger is used for what happens before Run (the first Update);
+	// nil means klog's global logger. Run logs with its context's logger.
+	Logger *klog.Logger
 }
 
 // A Manager serves a set of Resources to the kubelet, one gRPC server and
@@ -335,10 +338,14 @@ func (m *Manager) start(s *server) {
 	}()
 }
 
-// logger is Run's logger once running, else the global one.
+// logger is Run's logger once running, else Options.Logger, else the
+// global one.
 func (m *Manager) logger() klog.Logger {
-	if m.ctx != nil {
+	switch {
+	case m.ctx != nil:
 		return klog.FromContext(m.ctx)
+	case m.opts.Logger != nil:
+		return *m.opts.Logger
 	}
 	return klog.Background()
 }
