@@ -109,8 +109,9 @@ func Build(in Input) *Plan {
 
 	wholeName := cfg.ResourceName("gpu")
 	if cfg.MigStrategy == config.MigSingle && len(res.Groups) > 0 {
-		// Under single, MIG devices are the node's nvidia.com/gpu; mig.Apply
-		// refuses layouts that also hold MIG-disabled GPUs.
+		// Under single, MIG devices are the node's nvidia.com/gpu, and
+		// applyMigStrategy refuses layouts that also hold MIG-disabled GPUs:
+		// nothing is whole here. The guard keeps the one name to one resource.
 		whole = nil
 	}
 	if len(whole) > 0 {
