@@ -168,8 +168,10 @@ func Parse(data []byte) (*Config, error) {
 		if _, ok := generic.(map[string]any); !ok {
 			return nil, fmt.Errorf("%w: the document must be a mapping of keys such as version, gpus, blocks", ErrInvalid)
 		}
-		if unknown := unknownKeys(generic, configSchema, ""); len(unknown) > 0 {
-			return nil, fmt.Errorf("%w: unknown key %s (known keys are listed in the README's configuration section)", ErrInvalid, strings.Join(unknown, ", "))
+		var found problems
+		found.walk(generic, configSchema, "")
+		if err := found.err(); err != nil {
+			return nil, err
 		}
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()

@@ -98,9 +98,17 @@ gpus: [{match: {}, shape: mig}]
 			in:      "gpus: [{match: {index: zero}, shape: blocks}]",
 			wantErr: []string{"want"},
 		},
-		"bad duration": {
+		"bad duration names its key": {
 			in:      "health: {quietPeriod: soon}",
-			wantErr: []string{"duration"},
+			wantErr: []string{`health.quietPeriod: want a duration such as "30s", got "soon"`},
+		},
+		"zero duration is refused, not defaulted": {
+			in:      "health: {quietPeriod: 0s}",
+			wantErr: []string{`health.quietPeriod: 0s is too short`},
+		},
+		"unknown key and bad value together": {
+			in:      "health: {quietPeriod: soon, extra: 1}",
+			wantErr: []string{"unknown key health.extra", "health.quietPeriod: want a duration"},
 		},
 		"not a mapping": {
 			in:      "- a\n- b",
