@@ -43,6 +43,10 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	require.Empty(t, cache.GetErrors())
 	require.Len(t, cache.ListDevices(), 16, "8 GPUs by UUID and by index")
 
+	st, err := os.Stat(out)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o644), st.Mode().Perm())
+
 	// A flag wins over the environment.
 	t.Setenv("GPUBLOCKS_SIMULATE", "no-such-preset")
 	_, err = run(t, "cdi", "generate", "--simulate", "dgxh100")
