@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -111,31 +108,7 @@ const configErrorsMetric = "gpublocks_config_errors_total"
 // configErrors scrapes /metrics on addr and returns configErrorsMetric.
 func configErrors(t *testing.T, addr string) float64 {
 	t.Helper()
-	return metricValue(t, addr, configErrorsMetric)
-}
-
-// metricValue scrapes /metrics on addr and returns the value of the series
-// written exactly as series (name, and labels in Prometheus' sorted order).
-func metricValue(t *testing.T, addr, series string) float64 {
-	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + addr + "/metrics")
-	require.NoError(t, err, "gpublocks serves no /metrics on --metrics-addr %s", addr)
-	defer func() { _ = resp.Body.Close() }()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for line := range strings.Lines(string(body)) {
-		value, ok := strings.CutPrefix(strings.TrimSpace(line), series+" ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		require.NoError(t, err, "metric line %q", line)
-		return v
-	}
-	require.FailNow(t, "metric missing", "no %s in /metrics:\n%s", series, body)
-	return 0
+	return metricSum(t, addr, configErrorsMetric, nil)
 }
 
 // freeLocalAddr returns a loopback address with a port nothing listens on

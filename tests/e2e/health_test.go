@@ -134,26 +134,33 @@ func TestHealth(t *testing.T) {
 		}
 		require.Equal(t, 3.0, metricSum(t, metricsAddr, xids, map[string]string{"xid": "48"}), "only the three faults")
 		require.Equal(t, 1.0, metricSum(t, metricsAddr, xids, map[string]string{"gpu": "3", "xid": "13", "ignored": "true"}))
-		require.Equal(t, 0.0, metricValue(t, metricsAddr, `gpublocks_devices{health="unhealthy",resource="nvidia.com/gpu-blocks"}`))
+		require.Equal(t, 0.0, metricSum(t, metricsAddr, "gpublocks_devices", map[string]string{"health": "unhealthy", "resource": blocksResource}))
 	})
 }
 
 var labelPair = regexp.MustCompile(`(\w+)="([^"]*)"`)
 
 // metricSum scrapes /metrics on addr and sums every series of metric name
-// whose labels include all of want.
+// whose labels include all of want (nil: every series). A metric with no
+// matching series at all fails the test: a missing series is not a zero.
 func metricSum(t *testing.T, addr, name string, want map[string]string) float64 {
 	t.Helper()
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
-	require.NoError(t, err)
+	require.NoError(t, err, "gpublocks serves no /metrics on --metrics-addr %s", addr)
 	defer func() { _ = resp.Body.Close() }()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	sum := 0.0
+	sum, matched := 0.0, false
 	for line := range strings.Lines(string(body)) {
-		labels, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), name+"{"), "} ")
-		if !ok || !strings.HasPrefix(line, name+"{") {
-			continue
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), name)
+		if !ok || (!strings.HasPrefix(rest, "{") && !strings.HasPrefix(rest, " ")) {
+			continue // another metric, or one whose name starts with name
+		}
+		labels, value := "", strings.TrimSpace(rest)
+		if strings.HasPrefix(rest, "{") {
+			labels, value, ok = strings.Cut(rest[1:], "} ")
+			require.True(t, ok, "metric line %q", line)
 		}
 		got := map[string]string{}
 		for _, m := range labelPair.FindAllStringSubmatch(labels, -1) {
@@ -164,10 +171,11 @@ func metricSum(t *testing.T, addr, name string, want map[string]string) float64 
 			match = match && got[k] == v
 		}
 		if match {
-			v, err := strconv.ParseFloat(rest, 64)
+			v, err := strconv.ParseFloat(value, 64)
 			require.NoError(t, err, "metric line %q", line)
-			sum += v
+			sum, matched = sum+v, true
 		}
 	}
+	require.True(t, matched, "no %s series with labels %v in /metrics:\n%s", name, want, body)
 	return sum
 }
