@@ -6,13 +6,26 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 export CGO_ENABLED := 1
 export CGO_CFLAGS  ?= -O2 -g -Wno-deprecated-declarations
 GOLANGCI_LINT_VERSION ?= v2.15.0
+# make image: the OCI archive's inputs (same inputs, same digest).
+IMAGE             ?= bin/gpublocks-image.tar
+REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build demo test test-unit test-deployments e2e lint bench clean
+.PHONY: all build image demo test test-unit test-deployments e2e lint bench clean
 
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+
+## image: $(IMAGE), an OCI image archive of the binary and the glibc runtime
+## it needs (Debian packages fetched and verified by apt), without a container
+## engine; its reference is the chart's image.repository:appVersion.
+## `ctr -n k8s.io images import $(IMAGE)` loads it (README "Image").
+image: build
+	cd deployments && env -u GOARCH -u CC $(GO) run ./cmd/gpublocks-image -binary $(CURDIR)/$(BIN) \
+		-license $(CURDIR)/LICENSE -chart helm/gpublocks -output $(CURDIR)/$(IMAGE) \
+		-cache $(CURDIR)/bin/debs -revision "$(REVISION)" -created "$(SOURCE_DATE_EPOCH)"
 
 ## demo: serve simulated GPUs to a built-in kubelet stand-in and show what example containers receive
 demo: build
@@ -27,8 +40,8 @@ test-unit:
 ## test-deployments: renders the Helm chart with Helm's Go SDK, decodes every
 ## manifest strictly into k8s.io/api types, parses every example config
 ## (deployments/ is its own module so the product never depends on Helm)
-test-deployments: build
-	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./...
+test-deployments: build image
+	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) GPUBLOCKS_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test -count=1 ./...
 
 ## e2e: drives the real binary (built with -race) through the kubelet's own
 ## device-manager code; tests/ is its own module so the product never depends
