@@ -58,9 +58,15 @@
 // # Writing
 //
 // A Writer keeps <cdi-dir>/<vendor>-<class>.yaml current: it validates the
-// spec, writes it atomically through the CDI library's cache, makes it 0644,
-// skips the write when the bytes are unchanged and removes the file when no
-// device is left (a spec without devices is invalid).
+// spec with the CDI library's rules, encodes it as the library does, writes
+// it with internal/atomicfile (0644 from the first byte, no temporary file
+// left on a full filesystem, never a partial file at the final name, even
+// after kill -9; the library's own writer fails all three), skips the write
+// when the bytes are unchanged and removes the file when no device is left
+// (a spec without devices is invalid). Writer.Heal puts the last spec back
+// within moments when the file or its directory is deleted or changed
+// behind our back: Allocate keeps naming its devices, and a runtime that
+// cannot find them fails every new container.
 //
 // # Allocate
 //
