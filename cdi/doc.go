@@ -53,7 +53,13 @@
 // without an ld.so.cache entry: /usr/lib/<triplet> for Debian-family images
 // and /usr/lib64 for RHEL-family images. Tools go to /usr/bin. Symlinks are
 // resolved inside the driver root, so a driver root such as /host is never
-// escaped by an absolute link.
+// escaped by an absolute link. Every file is checked before it is mounted
+// into every GPU container: a library must resolve to a regular ELF shared
+// object directly inside one of the driver root's library directories, a
+// tool to an executable regular file inside one of its tool directories,
+// and every container path lies in those directories; anything else
+// (libcuda.so.1 -> /etc/passwd) is left out, logged and listed in
+// DriverFiles.Skipped.
 //
 // # Writing
 //
