@@ -196,8 +196,7 @@ func findLibraries(logger klog.Logger, root, goarch string, skip func(error)) ([
 			return nil, fmt.Errorf("%w: %w", ErrDriverFiles, err)
 		}
 		for _, e := range entries {
-			lib := matchLibrary(e.Name())
-			if lib == "" {
+			if matchLibrary(e.Name()) == "" {
 				continue
 			}
 			rel := path.Join(resolved, e.Name())
@@ -215,9 +214,16 @@ func findLibraries(logger klog.Logger, root, goarch string, skip func(error)) ([
 			if rejected[source] {
 				continue
 			}
+			// Not cached as rejected: every link that leads astray is named.
 			if !slices.Contains(dirs, path.Dir(source)) {
-				// Not cached as rejected: every link that leads out is named.
 				skip(fmt.Errorf("library %s resolves to /%s, outside the driver's library directories", rel, source))
+				continue
+			}
+			// The real file is mounted at its own path too: libcuda.so.1 ->
+			// libc.so.6 would put the host's libc over the image's.
+			lib := matchLibrary(path.Base(source))
+			if lib == "" {
+				skip(fmt.Errorf("library %s resolves to /%s, which is not a driver library", rel, source))
 				continue
 			}
 			soname, otherArch, err := inspectLibrary(filepath.Join(root, filepath.FromSlash(source)), goarch)

@@ -194,6 +194,13 @@ func TestFindDriverFilesRefusesUnsafeFiles(t *testing.T) {
 			},
 			wantSkipped: []string{"library usr/lib64/libcuda.so.1 resolves to /opt/evil/libcuda.so.1, outside"},
 		},
+		"library linked to the host's libc": {
+			files: tree{
+				"usr/lib/x86_64-linux-gnu/libc.so.6":          so("host libc"),
+				"usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1": "->libc.so.6",
+			},
+			wantSkipped: []string{"library usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1 resolves to /usr/lib/x86_64-linux-gnu/libc.so.6, which is not a driver library"},
+		},
 		"regular file named libcuda.so.1 that is not ELF": {
 			files:       tree{"usr/lib64/libcuda.so.1": "#!/bin/sh\n"},
 			wantSkipped: []string{"library usr/lib64/libcuda.so.1 (/usr/lib64/libcuda.so.1): not an ELF shared object"},
