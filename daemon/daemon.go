@@ -296,6 +296,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.startWatchers(ctx, &wg); err != nil {
 		return err
 	}
+	// Restore the spec whenever it is deleted behind our back.
+	wg.Go(func() { d.writer.Heal(ctx) })
 	// The CDI spec must exist before the kubelet can allocate anything.
 	if err := d.reconcile(ctx, byRescan); err != nil {
 		return err
