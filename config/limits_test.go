@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -218,18 +220,33 @@ func TestLoadDirReportsEachKeysRealError(t *testing.T) {
 	})
 }
 
-// TestEveryListIsBounded: a list added to Config without a cap would make
-// schemaOf panic; this says so in plain words should that change.
-func TestEveryListIsBounded(t *testing.T) {
-	var check func(s *schema, path string)
-	check = func(s *schema, path string) {
-		if s.elem != nil {
-			require.Positive(t, s.maxItems, "%s needs a maxItems tag", path)
-			check(s.elem, path+"[]")
+// TestEveryListHasACap: each list in Config says how long it may be (its
+// maxItems tag), and the schema enforces it.
+func TestEveryListHasACap(t *testing.T) {
+	var check func(rt reflect.Type, s *schema, path string)
+	check = func(rt reflect.Type, s *schema, path string) {
+		for rt.Kind() == reflect.Pointer || rt.Kind() == reflect.Slice {
+			rt = rt.Elem()
 		}
-		for k, f := range s.fields {
-			check(f, path+"."+k)
+		if rt.Kind() != reflect.Struct || s.fields == nil {
+			return
+		}
+		for i := range rt.NumField() {
+			f := rt.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			fs := s.fields[name]
+			if fs == nil {
+				continue
+			}
+			p := strings.TrimPrefix(path+"."+name, ".")
+			if f.Type.Kind() == reflect.Slice {
+				n, err := strconv.Atoi(f.Tag.Get("maxItems"))
+				require.NoError(t, err, "%s needs a maxItems tag", p)
+				require.Equal(t, n, fs.maxItems, p)
+				fs = fs.elem
+			}
+			check(f.Type, fs, p)
 		}
 	}
-	check(configSchema, "")
+	check(reflect.TypeFor[Config](), configSchema, "")
 }

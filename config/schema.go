@@ -15,6 +15,9 @@ import (
 // last element as encoding/json does.
 var configSchema = schemaOf(reflect.TypeFor[Config]())
 
+// defaultMaxItems bounds a list whose field has no maxItems tag.
+const defaultMaxItems = 1024
+
 type schema struct {
 	fields   map[string]*schema // object keys; nil for scalars
 	elem     *schema            // list element
@@ -44,12 +47,12 @@ func schemaOf(t reflect.Type) *schema {
 			if fs.elem != nil {
 				// Every list is bounded, so that a huge config is refused
 				// before it is decoded and held (its length is checked on
-				// the generic document).
-				n, err := strconv.Atoi(f.Tag.Get("maxItems"))
-				if err != nil || n <= 0 {
-					panic(fmt.Sprintf("config: list %s.%s needs a maxItems tag", t.Name(), f.Name))
+				// the generic document). TestEveryListHasACap wants the
+				// tag; a list without one still gets a bound.
+				fs.maxItems = defaultMaxItems
+				if n, err := strconv.Atoi(f.Tag.Get("maxItems")); err == nil && n > 0 {
+					fs.maxItems = n
 				}
-				fs.maxItems = n
 			}
 			s.fields[name] = fs
 		}
