@@ -178,7 +178,7 @@ func (d *Daemon) watchConfig(ctx context.Context, wg *sync.WaitGroup) error {
 				// Watch where the config is now before reading it, so
 				// that no change after the read goes unseen.
 				if err := t.sync(w); err != nil {
-					logger.Error(err, "Config watch incomplete; changes there are missed until the next change or a SIGHUP", "path", path)
+					logger.Error(err, "Config watch incomplete: a change there is missed until another change of the config (which tries again), a SIGHUP (reloads once) or a restart", "path", path)
 				}
 				d.reloadConfig(ctx, "config files changed")
 			case ch := <-idle:
