@@ -154,6 +154,8 @@ type Daemon struct {
 	warnedPR        bool              // warned once that pod-resources is absent
 
 	obs observers // health monitor and metrics (health.go, metrics.go)
+
+	cw configWatch // the config watcher's counts and idle probe (watch.go)
 }
 
 // ConfigStatus says how the config stands, for logs, metrics and tests.

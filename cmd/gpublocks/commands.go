@@ -42,14 +42,7 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			go func() {
-				for range hup {
-					d.Rescan()
-				}
-			}()
+			defer reloadOnHangup(ctx, d)()
 			err = d.Run(ctx)
 			logger.Info("Stopped", "err", err)
 			return err
