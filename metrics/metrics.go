@@ -35,6 +35,21 @@ const (
 // one millisecond.
 var AllocateBuckets = []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, 50e-3, 250e-3, 1}
 
+// XIDOther is the xid label value that every XID code beyond the bound
+// below is counted under.
+const XIDOther = "other"
+
+// MaxXIDCodes is how many distinct XID codes outside KnownXIDs get a label
+// value of their own (the first ones seen); later codes count as XIDOther.
+// NVML reports the code as a 64-bit number, so without a bound a faulty
+// driver or a flood of injections would add one series per value.
+const MaxXIDCodes = 32
+
+// KnownXIDs always keep their own xid label value, however many other codes
+// were seen: the default ignore list and the XIDs NVIDIA documents as
+// hardware faults, so alerts on them never fold into XIDOther.
+var KnownXIDs = []uint64{13, 31, 43, 45, 48, 63, 64, 68, 74, 79, 92, 94, 95, 109, 119, 120}
+
 // Resource is one served resource's device counts.
 type Resource struct {
 	Name               string
@@ -79,6 +94,10 @@ type Metrics struct {
 
 	hot   atomic.Pointer[map[string]*allocChildren] // copy-on-write
 	hotMu sync.Mutex                                // serialises writers of hot
+
+	xidMu    sync.Mutex
+	xidCodes map[uint64]string // codes with a label value of their own
+	xidExtra int               // codes in xidCodes beyond KnownXIDs
 }
 
 // allocChildren are one resource's pre-resolved Allocate metrics.
@@ -113,6 +132,10 @@ func New(src Source) *Metrics {
 			Help:    "Time to answer one Allocate call, by resource.",
 			Buckets: AllocateBuckets,
 		}, []string{"resource"}),
+	}
+	m.xidCodes = make(map[uint64]string, len(KnownXIDs)+MaxXIDCodes)
+	for _, x := range KnownXIDs {
+		m.xidCodes[x] = strconv.FormatUint(x, 10)
 	}
 	empty := map[string]*allocChildren{}
 	m.hot.Store(&empty)
@@ -168,9 +191,27 @@ func (m *Metrics) children(resource string) *allocChildren {
 	return c
 }
 
-// XID counts one XID on a GPU.
+// XID counts one XID on a GPU, under its code's label value or, past the
+// bound (MaxXIDCodes), under XIDOther.
 func (m *Metrics) XID(gpu int, uuid string, xid uint64, ignored bool) {
-	m.xids.WithLabelValues(strconv.Itoa(gpu), uuid, strconv.FormatUint(xid, 10), strconv.FormatBool(ignored)).Inc()
+	m.xids.WithLabelValues(strconv.Itoa(gpu), uuid, m.xidLabel(xid), strconv.FormatBool(ignored)).Inc()
+}
+
+// xidLabel is the xid label value for code: its own for KnownXIDs and the
+// first MaxXIDCodes other codes seen, XIDOther after that.
+func (m *Metrics) xidLabel(code uint64) string {
+	m.xidMu.Lock()
+	defer m.xidMu.Unlock()
+	if v, ok := m.xidCodes[code]; ok {
+		return v
+	}
+	if m.xidExtra >= MaxXIDCodes {
+		return XIDOther
+	}
+	v := strconv.FormatUint(code, 10)
+	m.xidCodes[code] = v
+	m.xidExtra++
+	return v
 }
 
 // DoubleBitECC counts one double-bit ECC event on a GPU.
