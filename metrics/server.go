@@ -59,7 +59,11 @@ type Server struct {
 // Listen binds addr (e.g. ":9400") for h. Binding early makes a port
 // conflict an error at start-up rather than a silent absence of metrics.
 func Listen(addr string, h http.Handler) (*Server, error) {
-	lis, err := net.Listen("tcp", addr)
+	// Plain TCP: a scrape gains nothing from Multipath TCP, which Go
+	// otherwise tries first, probing the kernel at start-up.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	lis, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
 	}
