@@ -60,11 +60,21 @@ lint:
 	cd tests && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 	cd deployments && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
-## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency, RSS at ready
+## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency,
+## and start-up time and RSS side by side with NVIDIA's plugin (tests/footprint, its own module;
+## set NVIDIA_DEVICE_PLUGIN_SRC to a checkout of NVIDIA/k8s-device-plugin v0.20.0 with vendor/,
+## else gpublocks alone is measured against the reference figures)
+NVIDIA_DEVICE_PLUGIN_SRC ?=
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./plugin/ ./blocks/
 	$(GO) test -run '^$$' -bench XIDToListAndWatch -benchtime 300x ./daemon/
-	GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench RSS -benchtime 1x ./daemon/
+	@if (cd tests/footprint && $(GO) test -c -o $(CURDIR)/bin/footprint.test .); then \
+		cd tests/footprint && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) NVIDIA_DEVICE_PLUGIN_SRC=$(NVIDIA_DEVICE_PLUGIN_SRC) \
+			$(CURDIR)/bin/footprint.test -test.run '^$$' -test.bench Footprint -test.benchtime 1x; \
+	else \
+		echo "SKIP footprint side-by-side: tests/footprint did not build (it needs k8s.io/kubernetes from the module proxy); gpublocks alone:"; \
+		GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench RSS -benchtime 1x ./daemon/; \
+	fi
 
 clean:
 	rm -rf bin

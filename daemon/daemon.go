@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/metadata"
 	"k8s.io/klog/v2"
 	"tags.cncf.io/container-device-interface/specs-go"
 
@@ -45,7 +44,7 @@ type Options struct {
 	DeferPollInterval time.Duration
 	// NodeClient reads the node's label; nil means the in-cluster client
 	// when NodeName is set.
-	NodeClient metadata.Interface
+	NodeClient *NodeAPI
 }
 
 func (o *Options) kind() cdi.Kind {
