@@ -61,6 +61,7 @@ lint:
 	cd deployments && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
 ## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency,
+## cluster packing (DRA through the scheduler's allocator vs the device-plugin model, 100 nodes),
 ## and start-up time and RSS side by side with NVIDIA's plugin (tests/footprint, its own module;
 ## set NVIDIA_DEVICE_PLUGIN_SRC to a checkout of NVIDIA/k8s-device-plugin v0.20.0 with vendor/,
 ## else gpublocks alone is measured against the reference figures)
@@ -68,6 +69,7 @@ NVIDIA_DEVICE_PLUGIN_SRC ?=
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./plugin/ ./blocks/
 	$(GO) test -run '^$$' -bench XIDToListAndWatch -benchtime 300x ./daemon/
+	$(GO) test -run '^$$' -bench ClusterPacking -benchtime 1x -timeout 30m -v ./dra/
 	@if (cd tests/footprint && $(GO) test -c -o $(CURDIR)/bin/footprint.test .); then \
 		cd tests/footprint && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) NVIDIA_DEVICE_PLUGIN_SRC=$(NVIDIA_DEVICE_PLUGIN_SRC) \
 			$(CURDIR)/bin/footprint.test -test.run '^$$' -test.bench Footprint -test.benchtime 1x; \
