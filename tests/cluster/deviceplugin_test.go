@@ -71,6 +71,7 @@ func TestDevicePlugin(t *testing.T) {
 	// Leave the cluster empty for whichever test runs next (DRA mode
 	// installs the chart again, differently).
 	t.Cleanup(func() {
+		logWarnings(t, ctx, namespace, podNamespace)
 		for _, name := range []string{"two-gpus", "blocks-30", "after-kubelet-restart", "after-plugin-restart"} {
 			if err := cl.DeletePod(ctx, podNamespace, name, podTimeout); err != nil {
 				t.Errorf("cleanup: %v", err)
@@ -455,4 +456,20 @@ func freePort(t *testing.T) int {
 	require.NoError(t, err)
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// logWarnings logs the Warning events of the namespaces: what a user would
+// see in `kubectl get events` (a failed probe, a volume that did not mount).
+func logWarnings(t *testing.T, ctx context.Context, namespaces ...string) {
+	t.Helper()
+	for _, ns := range namespaces {
+		events, err := cl.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "type=Warning"})
+		if err != nil {
+			t.Logf("events in %s: %v", ns, err)
+			continue
+		}
+		for _, e := range events.Items {
+			t.Logf("warning event in %s: %s %s/%s: %s (%d×)", ns, e.Reason, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Message, e.Count)
+		}
+	}
 }

@@ -86,7 +86,7 @@ func run(m *testing.M) int {
 	} else {
 		logf("cluster torn down")
 	}
-	if code == 0 {
+	if code == 0 && os.Getenv("GPUBLOCKS_CLUSTER_KEEP_LOGS") == "" {
 		_ = os.RemoveAll(cl.LogDir)
 	} else {
 		logf("component logs kept in %s", cl.LogDir)

@@ -43,6 +43,7 @@ func TestStaticManifests(t *testing.T) {
 	}
 	require.NotEmpty(t, dsFile, "no DaemonSet in %s", dir)
 	t.Cleanup(func() {
+		logWarnings(t, ctx, "gpublocks", podNamespace)
 		_ = cl.DeletePod(ctx, podNamespace, "static-one-gpu", podTimeout)
 		if out, err := cl.Kubectl(ctx, "delete", "-f", dir, "--ignore-not-found", "--wait"); err != nil {
 			t.Errorf("cleanup: %v\n%s", err, out)
