@@ -11,7 +11,7 @@ IMAGE             ?= bin/gpublocks-image.tar
 REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build image demo test test-unit test-deployments e2e lint bench clean
+.PHONY: all build image demo test test-unit test-deployments e2e test-cluster lint bench stress clean
 
 all: build
 
@@ -31,8 +31,9 @@ image: build
 demo: build
 	./$(BIN) demo
 
-## test: unit tests (-race), manifests and Helm chart, and the kubelet end-to-end suite
-test: test-unit test-deployments e2e
+## test: unit tests (-race), manifests and Helm chart, the kubelet end-to-end suite
+## and the real-cluster suite
+test: test-unit test-deployments e2e test-cluster
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -50,15 +51,26 @@ test-deployments: build image
 e2e:
 	cd tests && GPUBLOCKS_E2E_RACE=1 $(GO) test -count=1 -timeout 20m ./...
 
+## test-cluster: a real single-node cluster built from source (etcd, the control
+## plane and a kubelet v1.37, containerd 2.4; built once into
+## ~/.cache/gpublocks-cluster), the image imported and the Helm chart installed on
+## simulated GPUs, pods run by containerd. Needs root, runc, containernetworking-plugins
+## and busybox-static (it skips, saying so, without them). tests/cluster is its own
+## module. The timeout covers a cold build of the components (10-20 min on 2 cores).
+test-cluster: image
+	cd tests/cluster && GPUBLOCKS_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test -count=1 -v -timeout 75m ./...
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd tests && $(GO) vet ./...
 	cd deployments && $(GO) vet ./...
+	cd tests/cluster && $(GO) vet ./...
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 	cd tests && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 	cd deployments && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
+	cd tests/cluster && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
 ## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency,
 ## cluster packing (DRA through the scheduler's allocator vs the device-plugin model, 100 nodes),

@@ -116,6 +116,9 @@ func TestChartDefaults(t *testing.T) {
 	w.serviceAccount, w.configMap = sa.Name, cm.Name
 	ds := only[*appsv1.DaemonSet](t, objs)
 	checkDaemonSet(t, ds, w)
+	if spec := ds.Spec.Template.Spec; spec.HostNetwork || spec.DNSPolicy != "" {
+		t.Errorf("hostNetwork %v dnsPolicy %q by default: the pod network is the default", spec.HostNetwork, spec.DNSPolicy)
+	}
 	if img := ds.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/gpublocks/gpublocks:v0.1.0" {
 		t.Errorf("default image %q, want the chart's appVersion", img)
 	}
@@ -140,6 +143,7 @@ serviceAccount: {create: false, name: gpu-sa}
 logVerbosity: 4
 extraArgs: ["--simulate=dgxa100-mig"]
 extraEnv: [{name: GOMEMLIMIT, value: 200MiB}]
+hostNetwork: true
 paths:
   driverRoot: /run/nvidia/driver
   devicePluginDir: /var/lib/k0s/kubelet/device-plugins
@@ -168,6 +172,7 @@ updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 25%}}
 		podResources:   "/var/lib/k0s/kubelet/pod-resources",
 		cdiDir:         "/etc/cdi",
 		driverRoot:     "/host/run/nvidia/driver",
+		hostNetwork:    true,
 	})
 	pod := ds.Spec.Template
 	c := pod.Spec.Containers[0]
@@ -180,6 +185,9 @@ updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 25%}}
 	}
 	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" }) {
 		t.Errorf("extraEnv missing from %v", c.Env)
+	}
+	if !pod.Spec.HostNetwork || pod.Spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("hostNetwork %v dnsPolicy %q, want true and ClusterFirstWithHostNet", pod.Spec.HostNetwork, pod.Spec.DNSPolicy)
 	}
 	if !slices.Equal(pod.Spec.ImagePullSecrets, []corev1.LocalObjectReference{{Name: "regcred"}}) {
 		t.Errorf("imagePullSecrets %v", pod.Spec.ImagePullSecrets)

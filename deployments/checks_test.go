@@ -27,6 +27,8 @@ type dsWant struct {
 	podResources   string // host PodResources dir
 	cdiDir         string // host (and container) CDI dir
 	driverRoot     string // --driver-root as the container sees it
+	// hostNetwork is the chart's opt-in for clusters without kube-proxy.
+	hostNetwork bool
 }
 
 var defaultWant = dsWant{
@@ -63,8 +65,8 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 	if spec.ServiceAccountName != w.serviceAccount {
 		t.Errorf("serviceAccountName %q, want %q", spec.ServiceAccountName, w.serviceAccount)
 	}
-	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
-		t.Errorf("the pod shares host namespaces (network %v, PID %v, IPC %v); it needs none", spec.HostNetwork, spec.HostPID, spec.HostIPC)
+	if spec.HostNetwork != w.hostNetwork || spec.HostPID || spec.HostIPC {
+		t.Errorf("the pod shares host namespaces (network %v, PID %v, IPC %v); it needs none (network only when asked: %v)", spec.HostNetwork, spec.HostPID, spec.HostIPC, w.hostNetwork)
 	}
 	tolerates := func(key string, effect corev1.TaintEffect) bool {
 		return slices.ContainsFunc(spec.Tolerations, func(tol corev1.Toleration) bool {

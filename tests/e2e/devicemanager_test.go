@@ -90,6 +90,7 @@ func resourcePod(name string, res v1.ResourceName, n int64) *v1.Pod {
 // and arranges for it to be left as it was found.
 func claimKubeletDir(t *testing.T) {
 	t.Helper()
+	lockKubelet(t)
 	if conn, err := net.DialTimeout("unix", pluginapi.KubeletSocket, time.Second); err == nil {
 		_ = conn.Close()
 		t.Skipf("skipping: a kubelet is serving %s; this test would take its place", pluginapi.KubeletSocket)
