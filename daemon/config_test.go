@@ -38,7 +38,7 @@ func TestConfigChangeAppliesLive(t *testing.T) {
 	replaceFile(t, n.configPath, "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n")
 	n.waitCount("nvidia.com/gpu", 6)
 	n.waitCount("nvidia.com/gpu-blocks", 200)
-	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+	n.waitGeneration(2)
 	require.Len(t, n.cdiDevices(), 16, "blocks GPUs keep their CDI devices")
 
 	// A broken config changes nothing and is reported.
