@@ -310,7 +310,7 @@ func (h *heldPodResources) List(ctx context.Context, req *podresourcesapi.ListPo
 	}
 }
 
-func startHeldPodResources(t *testing.T) (*heldPodResources, string) {
+func startHeldPodResources(t testing.TB) (*heldPodResources, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "gbpr")
 	require.NoError(t, err)
