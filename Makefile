@@ -7,7 +7,7 @@ export CGO_ENABLED := 1
 export CGO_CFLAGS  ?= -O2 -g -Wno-deprecated-declarations
 GOLANGCI_LINT_VERSION ?= v2.15.0
 
-.PHONY: all build demo test test-unit test-deployments e2e lint bench clean
+.PHONY: all build demo test test-unit test-deployments e2e stress lint bench clean
 
 all: build
 
@@ -36,6 +36,15 @@ test-deployments: build
 ## -race: that would build the kubelet twice for no product coverage.
 e2e:
 	cd tests && GPUBLOCKS_E2E_RACE=1 $(GO) test -count=1 -timeout 20m ./...
+
+## stress: every unit test of the main module and of deployments/, 20 times
+## under -race, to catch flakes (not part of `make test`: it takes long).
+## The tests/ e2e module is left out: it needs root and the kubelet lock, and
+## one pass of it is already minutes long.
+STRESS_COUNT ?= 20
+stress: build
+	$(GO) test -race -count=$(STRESS_COUNT) -timeout 60m ./...
+	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=$(STRESS_COUNT) -timeout 60m ./...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
