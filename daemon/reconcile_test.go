@@ -463,3 +463,39 @@ func TestMetricsKeepEmptiedResource(t *testing.T) {
 		require.Contains(t, body, want)
 	}
 }
+
+func TestConfigWithdrawnWhileEvaluatedIsAskedAgain(t *testing.T) {
+	// Driven by hand, without Run's loop, to place the withdrawal exactly.
+	n := newNode(t, "dgxa100", "version: v1\n")
+	first := n.d.question(0)
+	first.alloc = &allocations{}
+	require.NoError(t, n.d.reconcile(n.ctx, true, first))
+	require.Equal(t, "whole", n.d.State().Plan.GPUs[0].Shape)
+
+	// A change is asked about; before its answer is applied the file goes
+	// back to what serves, which withdraws it.
+	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: blocks}]\n")
+	n.d.reloadConfig(n.ctx, "test")
+	q := n.d.question(0)
+	require.NotNil(t, q.cand)
+	q.alloc = &allocations{}
+	replaceFile(t, n.configPath, "version: v1\n")
+	n.d.reloadConfig(n.ctx, "test")
+	<-n.d.reconfig // the first change's signal
+
+	// The change that was asked about is served, and the file's config is
+	// pending again, signalled, so that the next reconcile restores it.
+	require.NoError(t, n.d.reconcile(n.ctx, false, q))
+	require.Equal(t, "blocks", n.d.State().Plan.GPUs[0].Shape)
+	select {
+	case <-n.d.reconfig:
+	default:
+		t.Fatal("the withdrawn change's config is not asked for again")
+	}
+	again := n.d.question(0)
+	again.alloc = &allocations{}
+	require.NoError(t, n.d.reconcile(n.ctx, false, again))
+	require.Equal(t, "whole", n.d.State().Plan.GPUs[0].Shape)
+	require.False(t, n.d.pending())
+	require.EqualValues(t, 3, n.d.ConfigStatus().Generation)
+}
