@@ -394,7 +394,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 			changes++
 			ask()
 		case <-d.reconfig:
-			ask()
+			// A signal can come after its candidate was applied by an
+			// answer asked meanwhile; then there is nothing to ask.
+			d.mu.Lock()
+			cand := d.candidate
+			d.mu.Unlock()
+			if cand != nil {
+				ask()
+			}
 		case <-d.replan:
 			health()
 		case <-poll.C:

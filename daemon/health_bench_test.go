@@ -138,7 +138,8 @@ func benchNode(b *testing.B, configYAML, resource string, mods ...func(*Options)
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	o := Options{PluginDir: pluginDir, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir, DevRoot: "/"}
+	o := Options{PluginDir: pluginDir, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir, DevRoot: "/",
+		PodResourcesSocket: filepath.Join(dir, "no-kubelet.sock")} // never the host's kubelet
 	if configYAML != "" {
 		o.ConfigPath = filepath.Join(dir, "config.yaml")
 		if err := os.WriteFile(o.ConfigPath, []byte(configYAML), 0o644); err != nil {
