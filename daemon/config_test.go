@@ -137,6 +137,7 @@ func TestShapeChangeDeferredWhileAllocated(t *testing.T) {
 	replaceFile(t, n.configPath, "version: v1\n")
 	n.waitCount("nvidia.com/gpu", 7)
 	n.waitCount("nvidia.com/gpu-blocks", 100)
+	n.waitGeneration(2) // the state is recorded once streamed
 	for _, a := range n.d.State().Plan.GPUs {
 		if a.GPU.UUID == gpu0 {
 			require.Equal(t, "blocks", a.Shape)
