@@ -60,6 +60,15 @@ e2e:
 test-cluster: image
 	cd tests/cluster && GPUBLOCKS_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test -count=1 -v -timeout 75m ./...
 
+## stress: every unit test of the main module and of deployments/, 20 times
+## under -race, to catch flakes (not part of `make test`: it takes long).
+## The tests/ e2e module is left out: it needs root and the kubelet lock, and
+## one pass of it is already minutes long.
+STRESS_COUNT ?= 20
+stress: build
+	$(GO) test -race -count=$(STRESS_COUNT) -timeout 60m ./...
+	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=$(STRESS_COUNT) -timeout 60m ./...
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...

@@ -35,7 +35,7 @@ func TestConfigChangeAppliesLive(t *testing.T) {
 	replaceFile(t, n.configPath, "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n")
 	n.waitCount("nvidia.com/gpu", 6)
 	n.waitCount("nvidia.com/gpu-blocks", 200)
-	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+	n.waitGeneration(2)
 	require.Len(t, n.cdiDevices(), 16, "blocks GPUs keep their CDI devices")
 
 	// A broken config changes nothing and is reported.
@@ -134,6 +134,7 @@ func TestShapeChangeDeferredWhileAllocated(t *testing.T) {
 	replaceFile(t, n.configPath, "version: v1\n")
 	n.waitCount("nvidia.com/gpu", 7)
 	n.waitCount("nvidia.com/gpu-blocks", 100)
+	n.waitGeneration(2) // the state is recorded once streamed
 	for _, a := range n.d.State().Plan.GPUs {
 		if a.GPU.UUID == gpu0 {
 			require.Equal(t, "blocks", a.Shape)

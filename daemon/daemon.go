@@ -39,6 +39,9 @@ type Options struct {
 	// PodResourcesSocket is the kubelet's PodResources API, asked before a
 	// GPU changes shape; default DefaultPodResourcesSocket.
 	PodResourcesSocket string
+	// PodResourcesTimeout bounds one PodResources question; default 5 s.
+	// A question that fails or times out counts every device as allocated.
+	PodResourcesTimeout time.Duration
 	// DeferPollInterval is how often a deferred shape change is retried;
 	// default 10 s.
 	DeferPollInterval time.Duration
@@ -172,6 +175,9 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 	if o.PodResourcesSocket == "" {
 		o.PodResourcesSocket = DefaultPodResourcesSocket
 	}
+	if o.PodResourcesTimeout == 0 {
+		o.PodResourcesTimeout = 5 * time.Second
+	}
 	if o.DeferPollInterval == 0 {
 		o.DeferPollInterval = 10 * time.Second
 	}
@@ -257,26 +263,42 @@ const (
 	retryMax = 30 * time.Second
 )
 
-// trigger is why reconcile runs; it decides what is asked again.
-type trigger int
+// allocAnswer is one PodResources answer, posted back to Run's loop by the
+// goroutine that asked.
+type allocAnswer struct {
+	alloc *allocations
+	// cand (from candSrc) is the candidate config pending when the
+	// question was asked, and changes the loop's rescan count then: an
+	// answer only approves what was already known when it was asked (see
+	// Run), so reconcile evaluates this candidate, not a later one.
+	cand    *config.Config
+	candSrc config.Source
+	changes uint64
+}
 
-const (
-	// byHealth re-plans the last inventory with new health. It reuses the
-	// current deferrals and asks the kubelet nothing, so that an XID
-	// reaches ListAndWatch fast.
-	byHealth trigger = iota
-	// byConfig evaluates a candidate config.
-	byConfig
-	// byPoll retries deferred changes.
-	byPoll
-	// byRetry repeats a failed reconcile.
-	byRetry
-	// byRescan rediscovers the GPUs first.
-	byRescan
-)
+// question starts an answer: what it must approve, known now.
+func (d *Daemon) question(changes uint64) *allocAnswer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &allocAnswer{cand: d.candidate, candSrc: d.candidateSource, changes: changes}
+}
 
 // Run publishes the first state, serves it, and re-plans on every trigger
 // until ctx is cancelled. It returns nil on a clean shutdown.
+//
+// Run's loop also answers Ping (/healthz) and delivers health changes to
+// ListAndWatch, so nothing on it may wait on the kubelet: the PodResources
+// question that a shape or name change needs (DESIGN §4) is asked by a
+// goroutine, at most one at a time and bounded by PodResourcesTimeout,
+// which posts the answer back to the loop. Until it comes, health changes
+// re-plan with the deferrals in force and pings are answered.
+//
+// An answer approves only the changes known when it was asked: one asked
+// before the candidate config or a rescan it is compared with is dropped
+// and the kubelet asked again, so that a pod that got a device between the
+// two cannot be missed (as a synchronous question asked after the change
+// could not miss it). Answers are never reused: each reconcile that needs
+// one asks anew.
 func (d *Daemon) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
@@ -284,8 +306,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	logger.Info("Config chosen", "path", src.Path, "name", src.Name, "reason", src.Reason)
 	logOtherConfigs(logger, src)
-	// The health monitor, the metrics server and the config watchers stop
-	// with Run and are waited for.
+	// The health monitor, the metrics server, the config watchers and a
+	// PodResources question in flight stop with Run and are waited for.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -300,68 +322,119 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// Restore the spec whenever it is deleted behind our back.
 	wg.Go(func() { d.writer.Heal(ctx) })
 	// The CDI spec must exist before the kubelet can allocate anything.
-	if err := d.reconcile(ctx, byRescan); err != nil {
+	// Nothing is served yet and Ping answers for the start-up, so this
+	// first question is asked in line.
+	first := d.question(0)
+	first.alloc = d.allocated(ctx)
+	if err := d.reconcile(ctx, true, first); err != nil {
 		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.manager.Run(ctx) }()
 	poll := time.NewTicker(d.opts.DeferPollInterval)
 	defer poll.Stop()
-	// A failed reconcile is retried with backoff. Until one succeeds,
-	// every reconcile does the most any failed one asked for (rescanned,
-	// if one of them was a rescan), so that no trigger is lost.
+
+	answers := make(chan *allocAnswer, 1) // one question in flight at most
+	var (
+		asking  bool   // a question is in flight
+		rescan  bool   // the next reconcile with an answer rediscovers
+		changes uint64 // rescans asked for so far
+	)
+	ask := func() {
+		if asking {
+			return
+		}
+		asking = true
+		a := d.question(changes)
+		wg.Go(func() {
+			a.alloc = d.allocated(ctx)
+			answers <- a
+		})
+	}
+
+	// A failed reconcile is retried with backoff; until one succeeds
+	// what failed stays owed (a health re-plan, or a reconcile with an
+	// answer, rescanning if a rescan was asked for), so that no trigger is
+	// lost.
 	retry := time.NewTimer(retryMin)
 	retry.Stop()
 	defer retry.Stop()
-	backoff, failing, rescanPending := retryMin, false, false
+	backoff := retryMin
+	var healthOwed, allocFailed bool
+	done := func(err error) {
+		if err != nil {
+			// Keep serving the last good state: a transient NVML or
+			// disk failure must not take devices away.
+			logger.Error(err, "Update failed; still serving the previous devices", "retryIn", backoff)
+			retry.Stop()
+			retry.Reset(backoff)
+			backoff = min(2*backoff, retryMax)
+			return
+		}
+		if !healthOwed && !allocFailed && backoff != retryMin {
+			logger.Info("Update succeeded after failures")
+			retry.Stop()
+			backoff = retryMin
+		}
+	}
+	health := func() {
+		err := d.reconcile(ctx, false, nil)
+		healthOwed = err != nil
+		done(err)
+	}
 	d.obs.looping.Store(1)
 	for {
-		var why trigger
 		select {
 		case ch := <-d.obs.ping:
 			close(ch)
-			continue
 		case <-ctx.Done():
 			return <-errc
 		case err := <-errc:
 			return err
 		case <-d.rescan:
 			logger.Info("Rescanning GPUs")
-			why = byRescan
+			rescan = true
+			changes++
+			ask()
 		case <-d.reconfig:
-			why = byConfig
+			// A signal can come after its candidate was applied by an
+			// answer asked meanwhile; then there is nothing to ask.
+			d.mu.Lock()
+			cand := d.candidate
+			d.mu.Unlock()
+			if cand != nil {
+				ask()
+			}
 		case <-d.replan:
-			why = byHealth
+			health()
 		case <-poll.C:
-			if !d.pending() {
+			if d.pending() {
+				ask()
+			}
+		case <-retry.C:
+			if healthOwed {
+				health()
+			}
+			if allocFailed {
+				ask()
+			}
+		case a := <-answers:
+			asking = false
+			d.mu.Lock()
+			stale := a.cand != d.candidate || a.changes != changes
+			d.mu.Unlock()
+			if stale {
+				ask()
 				continue
 			}
-			why = byPoll
-		case <-retry.C:
-			why = byRetry
-		}
-		if failing {
-			why = max(why, byRetry)
-		}
-		if rescanPending {
-			why = byRescan
-		}
-		err := d.reconcile(ctx, why)
-		if err == nil {
-			if failing {
-				logger.Info("Update succeeded after failures")
+			err := d.reconcile(ctx, rescan, a)
+			allocFailed = err != nil
+			if err == nil {
+				// It planned with the health of now, too.
+				rescan, healthOwed = false, false
 			}
-			retry.Stop()
-			backoff, failing, rescanPending = retryMin, false, false
-			continue
+			done(err)
 		}
-		// Keep serving the last good state: a transient NVML or disk
-		// failure must not take devices away.
-		logger.Error(err, "Update failed; still serving the previous devices", "retryIn", backoff)
-		failing, rescanPending = true, rescanPending || why == byRescan
-		retry.Stop()
-		retry.Reset(backoff)
-		backoff = min(2*backoff, retryMax)
 	}
 }
 
@@ -373,22 +446,35 @@ func (d *Daemon) pending() bool {
 	return len(d.deferred) > 0 || d.candidate != nil
 }
 
-// reconcile recomputes the state (discovering again for byRescan and
-// before the first state), writes the CDI spec and hands the resources to
-// the plugin manager. A candidate config is planned and checked first and
-// only committed once served; a bad one is rejected and the last good
+// reconcile recomputes the state (discovering again when rescan is set,
+// and before the first state), writes the CDI spec and hands the resources
+// to the plugin manager.
+//
+// answer is the kubelet's answer about allocated devices. Without one
+// (nil: a health change) reconcile re-plans the config in force with the
+// deferrals in force: no shape changes and no candidate is looked at. With
+// one, the candidate config it was asked for is planned and checked first
+// and only committed once served; a bad one is rejected and the last good
 // config serves on.
-func (d *Daemon) reconcile(ctx context.Context, why trigger) error {
+func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer) error {
 	logger := klog.FromContext(ctx)
+	var alloc *allocations
+	var cand *config.Config
+	var candSrc config.Source
+	if answer != nil {
+		alloc, cand, candSrc = answer.alloc, answer.cand, answer.candSrc
+	}
 	d.mu.Lock()
 	prev, cfg, src := d.state, d.cfg, d.source
-	cand, candSrc := d.candidate, d.candidateSource
 	deferred := d.deferred
 	unhealthy := cloneSet(d.unhealthy)
 	d.mu.Unlock()
+	if prev == nil && alloc == nil {
+		return errors.New("the first plan needs the kubelet's allocations")
+	}
 
 	var inv *gpu.Inventory
-	if prev != nil && why != byRescan {
+	if prev != nil && !rescan {
 		inv = prev.Inventory
 	} else {
 		var err error
@@ -398,13 +484,6 @@ func (d *Daemon) reconcile(ctx context.Context, why trigger) error {
 		for _, s := range inv.Skipped {
 			logger.Error(s.Reason, "Device not offered", "device", s.Device)
 		}
-	}
-
-	// Which devices pods hold matters only when shapes or names may
-	// change; a health change re-plans with the deferrals in force.
-	var alloc *allocations
-	if prev == nil || why != byHealth {
-		alloc = d.allocated(ctx)
 	}
 
 	var st *State
@@ -463,8 +542,15 @@ func (d *Daemon) reconcile(ctx context.Context, why trigger) error {
 	var status ConfigStatus
 	if commit {
 		d.cfg, d.source = cand, candSrc
-		if d.candidate == cand {
+		switch d.candidate {
+		case cand:
 			d.candidate, d.heldLogged = nil, false
+		case nil:
+			// Withdrawn while it was evaluated: the file went back to
+			// the config that served until now, which is now the one
+			// to apply.
+			d.candidate, d.candidateSource, d.heldLogged = cfg, src, false
+			signal(d.reconfig)
 		}
 		if prev != nil {
 			// The first state served is generation 1, whichever config

@@ -47,7 +47,9 @@ func newNode(t *testing.T, preset, configYAML string, mods ...func(*Options)) *n
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	pluginDir, cdiDir := filepath.Join(dir, "dp"), filepath.Join(dir, "cdi")
 	require.NoError(t, os.Mkdir(pluginDir, 0o755))
-	o := Options{PluginDir: pluginDir, CDIDir: cdiDir, DriverRoot: t.TempDir(), DevRoot: "/"}
+	// Never the host's kubelet: a test that wants allocations serves them.
+	o := Options{PluginDir: pluginDir, CDIDir: cdiDir, DriverRoot: t.TempDir(), DevRoot: "/",
+		PodResourcesSocket: filepath.Join(dir, "no-kubelet.sock")}
 	if configYAML != "" {
 		o.ConfigPath = filepath.Join(dir, "config.yaml")
 		require.NoError(t, os.WriteFile(o.ConfigPath, []byte(configYAML), 0o644))

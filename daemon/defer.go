@@ -39,10 +39,11 @@ func (a *allocations) has(id string) bool { return a.unknown || a.ids[id] }
 
 // allocated asks the kubelet which devices are assigned. Without a
 // PodResources socket (outside a cluster) nothing is, and a warning says so
-// once.
+// once. It may take up to PodResourcesTimeout, so Run's loop never calls
+// it once serving (see Run).
 func (d *Daemon) allocated(ctx context.Context) *allocations {
 	logger := klog.FromContext(ctx)
-	byResource, err := listAllocated(ctx, d.opts.PodResourcesSocket)
+	byResource, err := listAllocated(ctx, d.opts.PodResourcesSocket, d.opts.PodResourcesTimeout)
 	switch {
 	case errors.Is(err, errNoPodResources):
 		d.mu.Lock()
@@ -54,7 +55,9 @@ func (d *Daemon) allocated(ctx context.Context) *allocations {
 		}
 		return &allocations{}
 	case err != nil:
-		logger.Error(err, "Cannot tell which devices are allocated; shape and name changes wait")
+		if ctx.Err() == nil { // not shutting down
+			logger.Error(err, "Cannot tell which devices are allocated; shape and name changes wait")
+		}
 		return &allocations{unknown: true}
 	}
 	a := &allocations{ids: map[string]bool{}}

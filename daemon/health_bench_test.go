@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/health"
 	"github.com/gpublocks/gpublocks/plugin/fakekubelet"
@@ -24,19 +25,42 @@ import (
 // Unhealthy, through the real event set, health monitor, re-plan and gRPC
 // stream (DESIGN §8: p99 ≤ 100 ms). Between samples the fault is cleared
 // off the clock.
+//
+// "hung-podresources" measures it while the kubelet's PodResources API
+// accepts questions and never answers (each waits out the daemon's
+// default timeout) and a deferred shape change keeps the daemon asking:
+// nothing about it may slow health down.
 func BenchmarkXIDToListAndWatch(b *testing.B) {
-	for _, bc := range []struct{ name, resource, config string }{
-		{"whole", "nvidia.com/gpu", ""},
-		{"blocks", "nvidia.com/gpu-blocks", "gpus: [{match: {model: \"*\"}, shape: blocks}]\n"},
+	for _, bc := range []struct {
+		name, resource, config string
+		hung                   bool
+	}{
+		{name: "whole", resource: "nvidia.com/gpu"},
+		{name: "blocks", resource: "nvidia.com/gpu-blocks", config: "gpus: [{match: {model: \"*\"}, shape: blocks}]\n"},
+		{name: "hung-podresources", resource: "nvidia.com/gpu", config: "gpus: [{match: {index: [0]}, shape: blocks}]\n", hung: true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			ctx, d, backend, p := benchNode(b, bc.config, bc.resource)
+			var pr *heldPodResources
+			var mods []func(*Options)
+			if bc.hung {
+				var sock string
+				pr, sock = startHeldPodResources(b)
+				mods = append(mods, func(o *Options) {
+					o.PodResourcesSocket = sock
+					o.DeferPollInterval = 100 * time.Millisecond
+				})
+			}
+			ctx, d, backend, p := benchNode(b, bc.config, bc.resource, mods...)
 			inv := d.State().Inventory
+			if bc.hung {
+				holdDeferredChange(ctx, b, d, pr)
+			}
 			policy := healthPolicy(d.State().Config.Health)
+			onGPU := func(uuid, id string) bool { return id == uuid || strings.HasPrefix(id, uuid+"::") }
 			unhealthyOn := func(uuid string) func([]*pluginapi.Device) bool {
 				return func(devs []*pluginapi.Device) bool {
 					for _, dev := range devs {
-						if (dev.ID == uuid || strings.HasPrefix(dev.ID, uuid+"::")) && dev.Health == pluginapi.Unhealthy {
+						if onGPU(uuid, dev.ID) && dev.Health == pluginapi.Unhealthy {
 							return true
 						}
 					}
@@ -46,17 +70,28 @@ func BenchmarkXIDToListAndWatch(b *testing.B) {
 			allHealthy := func(devs []*pluginapi.Device) bool {
 				return len(devs) > 0 && !slices.ContainsFunc(devs, func(d *pluginapi.Device) bool { return d.Health != pluginapi.Healthy })
 			}
+			// The GPUs the resource serves (with a deferral, not all).
+			var targets []int
+			for i, g := range inv.GPUs {
+				if slices.ContainsFunc(p.Devices(), func(dev *pluginapi.Device) bool { return onGPU(g.UUID, dev.ID) }) {
+					targets = append(targets, i)
+				}
+			}
 			// Wait until the monitor listens on every GPU.
 			for i := range inv.GPUs {
 				for err := backend.InjectXID(i, 13); errors.Is(err, sim.ErrNoListener); err = backend.InjectXID(i, 13) {
 					time.Sleep(time.Millisecond)
 				}
 			}
+			var calls int64
+			if bc.hung {
+				calls = pr.calls.Load()
+			}
 
 			samples := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			for i := range b.N {
-				g := i % len(inv.GPUs)
+				g := targets[i%len(targets)]
 				start := time.Now()
 				if err := backend.InjectXID(g, 48); err != nil {
 					b.Fatal(err)
@@ -75,6 +110,9 @@ func BenchmarkXIDToListAndWatch(b *testing.B) {
 				b.StartTimer()
 			}
 			b.StopTimer()
+			if bc.hung && pr.calls.Load() == calls && pr.holding.Load() == 0 {
+				b.Fatal("the daemon asked the hung PodResources API nothing while measured")
+			}
 			slices.Sort(samples)
 			pct := func(q float64) float64 {
 				return float64(samples[min(len(samples)-1, int(q*float64(len(samples))))].Microseconds()) / 1000
@@ -88,7 +126,7 @@ func BenchmarkXIDToListAndWatch(b *testing.B) {
 
 // benchNode serves a simulated dgxa100 to a kubelet stand-in, quietly, and
 // returns the plugin for resource once it streams.
-func benchNode(b *testing.B, configYAML, resource string) (context.Context, *Daemon, *sim.Backend, *fakekubelet.Plugin) {
+func benchNode(b *testing.B, configYAML, resource string, mods ...func(*Options)) (context.Context, *Daemon, *sim.Backend, *fakekubelet.Plugin) {
 	b.Helper()
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
 	dir, err := os.MkdirTemp("", "gbb")
@@ -100,12 +138,16 @@ func benchNode(b *testing.B, configYAML, resource string) (context.Context, *Dae
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	o := Options{PluginDir: pluginDir, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir, DevRoot: "/"}
+	o := Options{PluginDir: pluginDir, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir, DevRoot: "/",
+		PodResourcesSocket: filepath.Join(dir, "no-kubelet.sock")} // never the host's kubelet
 	if configYAML != "" {
 		o.ConfigPath = filepath.Join(dir, "config.yaml")
 		if err := os.WriteFile(o.ConfigPath, []byte(configYAML), 0o644); err != nil {
 			b.Fatal(err)
 		}
+	}
+	for _, m := range mods {
+		m(&o)
 	}
 	k, err := fakekubelet.Start(pluginDir)
 	if err != nil {
@@ -138,4 +180,39 @@ func benchNode(b *testing.B, configYAML, resource string) (context.Context, *Dae
 		b.Fatal(err)
 	}
 	return ctx, d, backend, p
+}
+
+// holdDeferredChange makes a pod hold a block of GPU 0, turns every GPU
+// whole (GPU 0 is deferred, so the daemon keeps asking the kubelet), waits
+// for that to be served, and then makes the PodResources API hang.
+func holdDeferredChange(ctx context.Context, b *testing.B, d *Daemon, pr *heldPodResources) {
+	b.Helper()
+	gpu0 := d.State().Inventory.GPUs[0].UUID
+	pr.set("nvidia.com/gpu-blocks", blocks.FormatID(gpu0, 0))
+	path := d.opts.ConfigPath
+	if err := os.WriteFile(path+".tmp", []byte("version: v1\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		b.Fatal(err)
+	}
+	deferred := func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, kept := d.deferred[gpu0]
+		return kept && d.candidate == nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	wait := func(what string, cond func() bool) {
+		for !cond() {
+			if ctx.Err() != nil {
+				b.Fatalf("%s: %v", what, ctx.Err())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wait("GPU 0 deferred", deferred)
+	pr.hold()
+	wait("a question held", func() bool { return pr.holding.Load() > 0 })
 }

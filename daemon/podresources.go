@@ -21,8 +21,9 @@ const DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
 var errNoPodResources = errors.New("kubelet pod-resources socket not found")
 
 // listAllocated asks the kubelet which device IDs of each resource are
-// assigned to pods that still exist.
-func listAllocated(ctx context.Context, socket string) (map[string][]string, error) {
+// assigned to pods that still exist, waiting at most timeout for the
+// answer.
+func listAllocated(ctx context.Context, socket string, timeout time.Duration) (map[string][]string, error) {
 	if _, err := os.Stat(socket); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w at %s", errNoPodResources, socket)
 	}
@@ -31,7 +32,7 @@ func listAllocated(ctx context.Context, socket string) (map[string][]string, err
 		return nil, fmt.Errorf("pod-resources: %w", err)
 	}
 	defer func() { _ = conn.Close() }()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := podresourcesapi.NewPodResourcesListerClient(conn).List(ctx, &podresourcesapi.ListPodResourcesRequest{})
 	if err != nil {

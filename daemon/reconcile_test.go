@@ -3,14 +3,18 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/gpu"
@@ -70,8 +74,8 @@ func TestUnservableConfigKeepsLastGood(t *testing.T) {
 	// A good config applies again.
 	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: blocks}]\n")
 	n.waitCount("nvidia.com/gpu-blocks", 100)
+	n.waitGeneration(2)
 	st = n.d.ConfigStatus()
-	require.EqualValues(t, 2, st.Generation)
 	require.NoError(t, st.LastError)
 	require.Contains(t, n.scrape("/metrics"), "gpublocks_config_valid 1")
 }
@@ -209,10 +213,27 @@ func TestRenameDeferredWhileAllocated(t *testing.T) {
 			for r, c := range tc.after {
 				n.waitCount(r, c)
 			}
-			require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+			n.waitGeneration(2)
 			require.False(t, n.d.pending())
 		})
 	}
+}
+
+// waitGeneration waits for a config generation: the devices of a change
+// stream before the daemon records it as applied.
+func (n *node) waitGeneration(want int64) {
+	n.t.Helper()
+	require.Eventually(n.t, func() bool { return n.d.ConfigStatus().Generation == want }, 5*time.Second, 10*time.Millisecond,
+		"generation %d, want %d", n.d.ConfigStatus().Generation, want)
+}
+
+// deferredNow reports whether the config in force keeps gpu in its old
+// shape: the candidate was applied, with that GPU deferred.
+func (n *node) deferredNow(gpu string) bool {
+	n.d.mu.Lock()
+	defer n.d.mu.Unlock()
+	_, kept := n.d.deferred[gpu]
+	return kept && n.d.candidate == nil
 }
 
 func TestHealthReplanAsksNoPodResources(t *testing.T) {
@@ -225,8 +246,10 @@ func TestHealthReplanAsksNoPodResources(t *testing.T) {
 	gpu0 := n.d.State().Inventory.GPUs[0].UUID
 	pr.set("nvidia.com/gpu-blocks", blocks.FormatID(gpu0, 0))
 	replaceFile(t, n.configPath, "version: v1\n")
-	require.Eventually(t, func() bool { return n.d.pending() }, 5*time.Second, 10*time.Millisecond)
-	n.waitCount("nvidia.com/gpu", 7)
+	// Applied, with GPU 0 deferred: the question it needed is answered.
+	// (Seven whole GPUs, or a pending candidate, are both true before.)
+	require.Eventually(t, func() bool { return n.deferredNow(gpu0) }, 5*time.Second, 10*time.Millisecond)
+	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
 	asked := pr.lists.Load()
 
 	// A fault re-plans with the deferral in force and asks nothing.
@@ -235,6 +258,137 @@ func TestHealthReplanAsksNoPodResources(t *testing.T) {
 	n.waitDevices("nvidia.com/gpu", unhealthyOnly(func(id string) bool { return id == uuid }))
 	require.Equal(t, asked, pr.lists.Load(), "pod-resources asked on a health re-plan")
 	require.Equal(t, "blocks", n.d.State().Plan.GPUs[0].Shape, "deferral kept")
+}
+
+// heldPodResources answers like fakePodResources, but while held each List
+// takes its answer when called and then waits for release, or for the
+// caller to give up: a kubelet that accepts a question and does not answer.
+type heldPodResources struct {
+	*fakePodResources
+	mu      sync.Mutex
+	gate    chan struct{} // nil: answer at once; closed to release
+	calls   atomic.Int64  // List calls started
+	holding atomic.Int64  // List calls held now
+}
+
+// hold makes every List from now on wait.
+func (h *heldPodResources) hold() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gate = make(chan struct{})
+}
+
+// answer releases the held calls, with the answers they took when called,
+// and answers at once from now on.
+func (h *heldPodResources) answer() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gate != nil {
+		close(h.gate)
+		h.gate = nil
+	}
+}
+
+func (h *heldPodResources) List(ctx context.Context, req *podresourcesapi.ListPodResourcesRequest) (*podresourcesapi.ListPodResourcesResponse, error) {
+	h.calls.Add(1)
+	resp, err := h.fakePodResources.List(ctx, req)
+	h.mu.Lock()
+	gate := h.gate
+	h.mu.Unlock()
+	if gate == nil {
+		return resp, err
+	}
+	h.holding.Add(1)
+	defer h.holding.Add(-1)
+	select {
+	case <-gate:
+		return resp, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func startHeldPodResources(t testing.TB) (*heldPodResources, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gbpr")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "kubelet.sock")
+	lis, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	h := &heldPodResources{fakePodResources: &fakePodResources{}}
+	podresourcesapi.RegisterPodResourcesListerServer(srv, h)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return h, sock
+}
+
+func TestHungPodResourcesStallsNeitherHealthNorPing(t *testing.T) {
+	pr, sock := startHeldPodResources(t)
+	n := startNode(t, "dgxa100", "gpus: [{match: {index: [0]}, shape: blocks}]\n", func(o *Options) {
+		o.PodResourcesSocket = sock
+		o.PodResourcesTimeout = time.Hour // a question hangs until the test ends
+		o.DeferPollInterval = 20 * time.Millisecond
+		o.MetricsAddr = "127.0.0.1:0"
+	})
+	n.waitCount("nvidia.com/gpu-blocks", 100)
+	gpu0 := n.d.State().Inventory.GPUs[0].UUID
+	pr.set("nvidia.com/gpu-blocks", blocks.FormatID(gpu0, 0))
+	replaceFile(t, n.configPath, "version: v1\n")
+	require.Eventually(t, func() bool { return n.deferredNow(gpu0) }, 5*time.Second, 10*time.Millisecond)
+
+	// The kubelet stops answering while the change is deferred: the next
+	// poll's question hangs.
+	pr.hold()
+	require.Eventually(t, func() bool { return pr.holding.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	calls := pr.calls.Load()
+
+	// An XID reaches ListAndWatch, and /healthz answers, while that same
+	// question still hangs.
+	uuid := n.d.State().Inventory.GPUs[3].UUID
+	n.inject(func() error { return n.sim.InjectXID(3, 48) })
+	n.waitDevices("nvidia.com/gpu", unhealthyOnly(func(id string) bool { return id == uuid }))
+	require.NoError(t, n.d.Ping(n.ctx))
+	require.Equal(t, "ok\n", n.scrape("/healthz"))
+	require.EqualValues(t, 1, pr.holding.Load(), "the question hung throughout")
+	require.Equal(t, calls, pr.calls.Load(), "one question in flight at most")
+	require.Equal(t, "blocks", n.d.State().Plan.GPUs[0].Shape, "deferral kept")
+}
+
+func TestAnswerAskedBeforeConfigChangeApprovesNothing(t *testing.T) {
+	gpus := uuids(t, "dgxa100")
+	pr, sock := startHeldPodResources(t)
+	n := startNode(t, "dgxa100", "version: v1\n", func(o *Options) {
+		o.PodResourcesSocket = sock
+		o.PodResourcesTimeout = time.Hour
+		o.DeferPollInterval = time.Hour
+	})
+	n.waitCount("nvidia.com/gpu", 8)
+
+	// A question is asked while nothing is allocated; its answer is late.
+	pr.hold()
+	n.d.Rescan()
+	require.Eventually(t, func() bool { return pr.holding.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	// Meanwhile a pod gets GPU 0 and the config asks blocks of it.
+	pr.set("nvidia.com/gpu", gpus[0])
+	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: blocks}]\n")
+	require.Eventually(t, func() bool {
+		n.d.mu.Lock()
+		defer n.d.mu.Unlock()
+		return n.d.candidate != nil
+	}, 5*time.Second, 10*time.Millisecond)
+
+	// The late answer ("nothing allocated") must not approve the change it
+	// did not see: the kubelet is asked again, and GPU 0 stays whole.
+	pr.answer()
+	require.Eventually(t, func() bool { return n.deferredNow(gpus[0]) }, 5*time.Second, 10*time.Millisecond)
+	require.EqualValues(t, 2, n.d.ConfigStatus().Generation)
+	require.GreaterOrEqual(t, pr.calls.Load(), int64(3), "start-up, the late answer, the question asked again")
+	a := n.d.State().Plan.GPUs[0]
+	require.Equal(t, "whole", a.Shape)
+	require.Contains(t, a.Reason, "kept whole while its devices are allocated")
+	require.Equal(t, []string{"nvidia.com/gpu"}, n.kubelet.Resources(), "GPU 0 was never offered as blocks")
 }
 
 func TestReloadConfigSerialised(t *testing.T) {
@@ -304,4 +458,40 @@ func TestMetricsKeepEmptiedResource(t *testing.T) {
 	} {
 		require.Contains(t, body, want)
 	}
+}
+
+func TestConfigWithdrawnWhileEvaluatedIsAskedAgain(t *testing.T) {
+	// Driven by hand, without Run's loop, to place the withdrawal exactly.
+	n := newNode(t, "dgxa100", "version: v1\n")
+	first := n.d.question(0)
+	first.alloc = &allocations{}
+	require.NoError(t, n.d.reconcile(n.ctx, true, first))
+	require.Equal(t, "whole", n.d.State().Plan.GPUs[0].Shape)
+
+	// A change is asked about; before its answer is applied the file goes
+	// back to what serves, which withdraws it.
+	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: blocks}]\n")
+	n.d.reloadConfig(n.ctx, "test")
+	q := n.d.question(0)
+	require.NotNil(t, q.cand)
+	q.alloc = &allocations{}
+	replaceFile(t, n.configPath, "version: v1\n")
+	n.d.reloadConfig(n.ctx, "test")
+	<-n.d.reconfig // the first change's signal
+
+	// The change that was asked about is served, and the file's config is
+	// pending again, signalled, so that the next reconcile restores it.
+	require.NoError(t, n.d.reconcile(n.ctx, false, q))
+	require.Equal(t, "blocks", n.d.State().Plan.GPUs[0].Shape)
+	select {
+	case <-n.d.reconfig:
+	default:
+		t.Fatal("the withdrawn change's config is not asked for again")
+	}
+	again := n.d.question(0)
+	again.alloc = &allocations{}
+	require.NoError(t, n.d.reconcile(n.ctx, false, again))
+	require.Equal(t, "whole", n.d.State().Plan.GPUs[0].Shape)
+	require.False(t, n.d.pending())
+	require.EqualValues(t, 3, n.d.ConfigStatus().Generation)
 }

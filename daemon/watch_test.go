@@ -25,13 +25,6 @@ func (n *node) idle() {
 	require.NoError(n.t, n.d.configIdle(ctx))
 }
 
-// waitGeneration waits until the config in force is generation want.
-func (n *node) waitGeneration(want int64) {
-	n.t.Helper()
-	require.Eventually(n.t, func() bool { return n.d.ConfigStatus().Generation == want }, 5*time.Second, 10*time.Millisecond,
-		"config generation %d; status %+v", want, n.d.ConfigStatus())
-}
-
 // TestConfigFIFOIsRejectedNotHung: a config key that is a named pipe used
 // to block the watcher in open(2) forever, with nothing logged and
 // config_valid still 1. It is a rejected config now, and the watcher goes
