@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
@@ -84,9 +85,12 @@ func TestFailedReconcileIsRetried(t *testing.T) {
 	n := startNode(t, "dgxa100", "")
 	n.waitCount("nvidia.com/gpu", 8)
 
-	// The CDI directory turns into a file: every write fails.
-	require.NoError(t, os.RemoveAll(n.cdiDir))
-	require.NoError(t, os.WriteFile(n.cdiDir, nil, 0o644))
+	// The CDI directory turns into a file: every write fails. The swap is
+	// atomic (RENAME_EXCHANGE), so the spec healer cannot recreate the
+	// directory in between.
+	blocker := n.cdiDir + ".file"
+	require.NoError(t, os.WriteFile(blocker, nil, 0o644))
+	require.NoError(t, unix.Renameat2(unix.AT_FDCWD, blocker, unix.AT_FDCWD, n.cdiDir, unix.RENAME_EXCHANGE))
 	uuid := n.d.State().Inventory.GPUs[2].UUID
 	n.inject(func() error { return n.sim.InjectXID(2, 48) })
 	require.Eventually(t, func() bool { return n.d.Unhealthy()[uuid] }, 5*time.Second, 10*time.Millisecond)
@@ -97,7 +101,7 @@ func TestFailedReconcileIsRetried(t *testing.T) {
 
 	// Repaired: the retry delivers the fault, though nothing else happened.
 	require.NoError(t, os.Remove(n.cdiDir))
-	require.NoError(t, os.Mkdir(n.cdiDir, 0o755))
+	require.NoError(t, os.MkdirAll(n.cdiDir, 0o755)) // the healer may be first
 	n.waitDevices("nvidia.com/gpu", unhealthyOnly(func(id string) bool { return id == uuid }))
 	require.Len(t, n.cdiDevices(), 16)
 }
