@@ -206,8 +206,8 @@ func (s *server) serve() error {
 		lis.Close()
 		return fmt.Errorf("checking socket %s: %w", s.socket, err)
 	}
-	g := grpc.NewServer()
-	pluginapi.RegisterDevicePluginServer(g, s)
+	g := grpc.NewServer(serverCodec)
+	g.RegisterService(devicePluginService, s)
 	s.grpc, s.sockInfo = g, fi
 	s.serving.Add(1)
 	go func() {
