@@ -37,11 +37,14 @@ func (s *server) ListAndWatch(_ *pluginapi.Empty, stream grpc.ServerStreamingSer
 	log := s.log.WithValues("method", "ListAndWatch")
 	log.V(2).Info("stream opened")
 	defer log.V(2).Info("stream closed")
+	st := s.openStream()
+	defer s.closeStream(st)
 	for {
 		snap := s.snap.Load()
 		if err := stream.Send(snap.list); err != nil {
 			return err
 		}
+		s.sent(st, snap)
 		log.V(4).Info("sent device list", "devices", len(snap.list.Devices))
 		select {
 		case <-snap.stale:

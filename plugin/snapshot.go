@@ -53,6 +53,38 @@ func newSnapshot(res Resource) (*snapshot, error) {
 	return s, nil
 }
 
+// diff reports whether s, replacing old, drops device IDs old offers and
+// whether it adds IDs old does not offer.
+func (s *snapshot) diff(old *snapshot) (loses, gains bool) {
+	for id := range old.ids {
+		if _, ok := s.ids[id]; !ok {
+			loses = true
+			break
+		}
+	}
+	for id := range s.ids {
+		if _, ok := old.ids[id]; !ok {
+			gains = true
+			break
+		}
+	}
+	return loses, gains
+}
+
+// within returns s restricted to the devices old offers too: what a
+// resource that both loses and gains devices streams while the devices it
+// gains may still be offered elsewhere (see Manager.Update).
+func (s *snapshot) within(old *snapshot) *snapshot {
+	out := &snapshot{res: s.res, ids: map[string]int32{}, list: &pluginapi.ListAndWatchResponse{}, stale: make(chan struct{})}
+	for _, d := range s.list.Devices {
+		if _, ok := old.ids[d.ID]; ok {
+			out.ids[d.ID] = int32(len(out.list.Devices))
+			out.list.Devices = append(out.list.Devices, d)
+		}
+	}
+	return out
+}
+
 // sameDevices reports whether s and o would send the kubelet the same list.
 func (s *snapshot) sameDevices(o *snapshot) bool {
 	return proto.Equal(s.list, o.list)
