@@ -126,6 +126,7 @@ func (m *Manager) Update(resources []Resource) error {
 	// keeps, then, once those lists have gone out, every resource streams
 	// its new list.
 	var shrink, grow []publication
+	anyGains := false
 	for _, name := range slices.Sorted(maps.Keys(snaps)) {
 		snap := snaps[name]
 		s, ok := m.servers[name]
@@ -134,9 +135,11 @@ func (m *Manager) Update(resources []Resource) error {
 			m.servers[name] = s
 			log.Info("serving new resource", "resource", name, "devices", len(snap.list.Devices))
 			grow = append(grow, publication{s, snap, true})
+			anyGains = anyGains || len(snap.list.Devices) > 0
 			continue
 		}
 		loses, gains := snap.diff(s.snap.Load())
+		anyGains = anyGains || gains
 		switch {
 		case loses && gains:
 			shrink = append(shrink, publication{s, snap.within(s.snap.Load()), false})
@@ -162,7 +165,8 @@ func (m *Manager) Update(resources []Resource) error {
 	for _, p := range shrink {
 		m.publish(p)
 	}
-	if len(shrink) > 0 && len(grow) > 0 && m.ctx != nil {
+	// Waiting matters only when a device is about to appear somewhere.
+	if len(shrink) > 0 && anyGains && m.ctx != nil {
 		deadline := time.NewTimer(m.sentWait)
 		for _, p := range shrink {
 			if !p.s.waitSent(p.snap, deadline.C) {
