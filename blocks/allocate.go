@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpublocks/gpublocks/plugin"
 )
 
 // Environment variables Allocate sets, besides what BaseFunc returns.
@@ -45,12 +47,12 @@ func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse,
 			if _, _, err := ParseID(id); err != nil {
 				return nil, invalidf("%v", err)
 			}
-			return nil, invalidf("block %q belongs to no GPU this resource serves", id)
+			return nil, invalidf("block %s belongs to no GPU this resource serves", plugin.QuoteID(id))
 		}
 		hint = ref.slot
 		s := &st[ref.slot]
 		if s.free.has(int(ref.n)) {
-			return nil, invalidf("block %q is listed twice", id)
+			return nil, invalidf("block %s is listed twice", plugin.QuoteID(id))
 		}
 		s.free.add(ref.n)
 	}

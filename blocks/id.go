@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/gpublocks/gpublocks/plugin"
 )
 
 const (
@@ -26,20 +28,21 @@ func FormatID(uuid string, n int) string {
 // ParseID splits a block ID into its GPU UUID and block number. It is strict,
 // so that every ID has exactly one spelling: the UUID must be non-empty and
 // free of colons, spaces and control characters, and the number must be
-// 0…99 in plain decimal (no sign, no leading zeros).
+// 0…99 in plain decimal (no sign, no leading zeros). Errors quote the ID
+// through plugin.QuoteID: IDs come from requests and can be of any length.
 func ParseID(id string) (uuid string, n int, err error) {
 	i := strings.Index(id, Separator)
 	if i < 0 {
-		return "", 0, fmt.Errorf("%w %q: want <GPU-UUID>%s<n>", ErrInvalidID, id, Separator)
+		return "", 0, fmt.Errorf("%w %s: want <GPU-UUID>%s<n>", ErrInvalidID, plugin.QuoteID(id), Separator)
 	}
 	uuid, num := id[:i], id[i+len(Separator):]
 	if err := checkUUID(uuid); err != nil {
-		return "", 0, fmt.Errorf("%w %q: %w", ErrInvalidID, id, err)
+		return "", 0, fmt.Errorf("%w %s: %w", ErrInvalidID, plugin.QuoteID(id), err)
 	}
 	n, ok := parseBlockNumber(num)
 	if !ok {
-		return "", 0, fmt.Errorf("%w %q: block number %q is not an integer 0-%d without sign or leading zeros",
-			ErrInvalidID, id, num, PerGPU-1)
+		return "", 0, fmt.Errorf("%w %s: block number %s is not an integer 0-%d without sign or leading zeros",
+			ErrInvalidID, plugin.QuoteID(id), plugin.QuoteID(num), PerGPU-1)
 	}
 	return uuid, n, nil
 }
@@ -51,7 +54,7 @@ func checkUUID(uuid string) error {
 	}
 	for i := 0; i < len(uuid); i++ {
 		if c := uuid[i]; c == ':' || c <= ' ' || c == 0x7f {
-			return fmt.Errorf("GPU UUID %q contains %q", uuid, c)
+			return fmt.Errorf("GPU UUID %s contains %q", plugin.QuoteID(uuid), c)
 		}
 	}
 	return nil

@@ -133,3 +133,25 @@ func TestParsePolicy(t *testing.T) {
 	_, err := Policy(7).MarshalText()
 	require.ErrorIs(t, err, ErrUnknownPolicy)
 }
+
+func TestErrorsTruncateLongIDs(t *testing.T) {
+	r, _ := newTestResource(t, 2, Binpack, nil)
+	long := strings.Repeat("x", 3<<20)
+	cases := map[string]func() error{
+		"ParseID no separator": func() error { _, _, err := ParseID(long); return err },
+		"ParseID long UUID":    func() error { _, _, err := ParseID(long + "::100"); return err },
+		"ParseID long number":  func() error { _, _, err := ParseID("GPU-a0::" + long); return err },
+		"ParseID bad UUID":     func() error { _, _, err := ParseID(long + " ::1"); return err },
+		"Allocate malformed":   func() error { _, err := r.Allocate([]string{long}); return err },
+		"Allocate unknown GPU": func() error { _, err := r.Allocate([]string{"GPU-" + long + "::1"}); return err },
+		"Prefer required":      func() error { _, err := r.Prefer(nil, []string{long}, 1); return err },
+	}
+	for name, call := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := call()
+			require.Error(t, err)
+			require.Less(t, len(err.Error()), 1024, "%.300s", err)
+			require.Contains(t, err.Error(), " bytes)")
+		})
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/bits"
 	"strings"
+
+	"github.com/gpublocks/gpublocks/plugin"
 )
 
 // blockSet is a set of block numbers of one GPU.
@@ -59,7 +61,7 @@ func (r *Resource) Prefer(available, mustInclude []string, size int) ([]string, 
 	for _, id := range mustInclude {
 		ref, ok := r.byID[id]
 		if !ok {
-			return nil, invalidf("the kubelet requires block %q, which this resource does not serve", id)
+			return nil, invalidf("the kubelet requires block %s, which this resource does not serve", plugin.QuoteID(id))
 		}
 		s := &st[ref.slot]
 		if s.must.len() == 0 {

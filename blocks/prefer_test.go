@@ -48,6 +48,10 @@ func TestPrefer(t *testing.T) {
 			available: freeList(map[int]int{0: 99, 1: 99, 6: 100, 7: 100}),
 			size:      100, wantGPUs: []int{6},
 		},
+		"a block listed twice counts once": {
+			available: append(freeList(map[int]int{0: 10, 1: 30}), blocksOf(0, 90, 10)...),
+			size:      15, wantGPUs: []int{1},
+		},
 		"1 block binpack": {
 			available: freeList(map[int]int{0: 100, 4: 1}),
 			size:      1, wantGPUs: []int{4},

@@ -34,6 +34,10 @@ type Options struct {
 	DevRoot     string
 	Simulate    string // preset or file; "" = real NVML
 	MetricsAddr string
+	// SimulateAddr is the loopback address for fault injection into
+	// simulated GPUs (sim.ListenFaults); "" disables it, and real hardware
+	// never serves it.
+	SimulateAddr string
 	// CDIKind defaults to cdi.DefaultKind.
 	CDIKind cdi.Kind
 	// PodResourcesSocket is the kubelet's PodResources API, asked before a

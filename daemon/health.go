@@ -3,7 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
-	"net/http"
+	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -25,6 +26,7 @@ type observers struct {
 	health  *health.Monitor
 	metrics *metrics.Metrics // nil when Options.MetricsAddr is ""
 	server  *metrics.Server  // bound once Run starts
+	faults  *sim.FaultServer // bound once Run starts, simulated hardware only
 
 	ping    chan chan struct{} // answered by Run's loop (liveness)
 	looping atomic.Int32       // 0 before the loop, 1 in it, 2 after
@@ -47,15 +49,11 @@ func (d *Daemon) initObservers() {
 // monitor; both stop with ctx and are waited for through wg.
 func (d *Daemon) startObservers(ctx context.Context, wg *sync.WaitGroup) error {
 	logger := klog.FromContext(ctx)
+	if err := d.startFaults(ctx, wg); err != nil {
+		return err
+	}
 	if d.obs.metrics != nil {
 		h := d.obs.metrics.Handler(metrics.Probes{Live: d.Ping, Ready: d.manager.Registered})
-		if s, ok := d.backend.(*sim.Backend); ok {
-			// Simulated hardware only: fault injection for tests and demos.
-			mux := http.NewServeMux()
-			mux.Handle("/simulate/", s.FaultHandler())
-			mux.Handle("/", h)
-			h = mux
-		}
 		srv, err := metrics.Listen(d.opts.MetricsAddr, h)
 		if err != nil {
 			return err
@@ -71,6 +69,50 @@ func (d *Daemon) startObservers(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 	wg.Go(func() { _ = d.obs.health.Run(klog.NewContext(ctx, logger.WithName("health"))) })
 	return nil
+}
+
+// startFaults serves fault injection for simulated GPUs on
+// Options.SimulateAddr, a loopback address: never on the metrics address,
+// which other hosts reach, since one POST takes a GPU out of service. A
+// non-loopback address is refused even without simulated hardware, where
+// nothing is served.
+func (d *Daemon) startFaults(ctx context.Context, wg *sync.WaitGroup) error {
+	addr := d.opts.SimulateAddr
+	if addr == "" {
+		return nil
+	}
+	if err := sim.CheckLoopback(addr); err != nil {
+		return fmt.Errorf("--simulate-addr: %w", err)
+	}
+	b, ok := d.backend.(*sim.Backend)
+	if !ok {
+		return nil
+	}
+	srv, err := b.ListenFaults(addr)
+	if err != nil {
+		return fmt.Errorf("--simulate-addr: %w", err)
+	}
+	d.mu.Lock()
+	d.obs.faults = srv
+	d.mu.Unlock()
+	logger := klog.FromContext(ctx)
+	wg.Go(func() {
+		if err := srv.Serve(ctx); err != nil {
+			logger.Error(err, "Fault injection server stopped")
+		}
+	})
+	return nil
+}
+
+// SimulateAddr is the address fault injection is bound to, or nil when it
+// is disabled, the hardware is real, or Run has not bound it yet.
+func (d *Daemon) SimulateAddr() net.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.obs.faults == nil {
+		return nil
+	}
+	return d.obs.faults.Addr()
 }
 
 // observe hands a served state to the health monitor, which follows

@@ -190,10 +190,22 @@ func (n *node) scrape(path string) string {
 }
 
 func TestSimulatedFaultOverHTTP(t *testing.T) {
-	n := startNode(t, "dgxa100", "health: {quietPeriod: 1s}\n", func(o *Options) { o.MetricsAddr = "127.0.0.1:0" })
+	n := startNode(t, "dgxa100", "health: {quietPeriod: 1s}\n", func(o *Options) {
+		o.MetricsAddr = "127.0.0.1:0"
+		o.SimulateAddr = "127.0.0.1:0"
+	})
 	n.waitCount("nvidia.com/gpu", 8)
 	require.NoError(t, n.d.Manager().WaitRegistered(n.ctx))
-	resp, err := http.Post("http://"+n.d.MetricsAddr().String()+"/simulate/xid?gpu=5&xid=48", "", nil)
+
+	// The metrics address is reachable from other hosts: it must not take
+	// GPUs out of service.
+	resp, err := http.Post("http://"+n.d.MetricsAddr().String()+"/simulate/lost?gpu=0", "", nil)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+
+	require.NotNil(t, n.d.SimulateAddr())
+	resp, err = http.Post("http://"+n.d.SimulateAddr().String()+"/simulate/xid?gpu=5&xid=48", "", nil)
 	require.NoError(t, err)
 	_ = resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -210,4 +222,22 @@ func TestSimulatedFaultOverHTTP(t *testing.T) {
 	}))
 	require.Equal(t, 7, p.Healthy())
 	n.waitCount("nvidia.com/gpu", 8) // recovered after the quiet period
+}
+
+func TestSimulateAddrMustBeLoopback(t *testing.T) {
+	for name, addr := range map[string]string{"every interface": ":0", "unspecified": "0.0.0.0:0", "other host": "192.0.2.1:9401"} {
+		t.Run(name, func(t *testing.T) {
+			n := newNode(t, "dgxa100", "", func(o *Options) { o.SimulateAddr = addr })
+			err := n.d.Run(n.ctx)
+			require.ErrorIs(t, err, sim.ErrNotLoopback)
+			require.ErrorContains(t, err, "--simulate-addr")
+			require.Nil(t, n.d.SimulateAddr())
+		})
+	}
+}
+
+func TestSimulateAddrDisabled(t *testing.T) {
+	n := startNode(t, "dgxa100", "", func(o *Options) { o.MetricsAddr = "127.0.0.1:0" })
+	n.waitCount("nvidia.com/gpu", 8)
+	require.Nil(t, n.d.SimulateAddr())
 }

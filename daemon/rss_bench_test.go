@@ -44,7 +44,7 @@ func BenchmarkServeRSS(b *testing.B) {
 			b.Fatal(err)
 		}
 		cmd := exec.Command(bin, "serve", "--simulate", "dgxa100", "--device-plugin-dir", pluginDir,
-			"--cdi-dir", filepath.Join(dir, "cdi"), "--driver-root", dir, "--metrics-addr", "")
+			"--cdi-dir", filepath.Join(dir, "cdi"), "--driver-root", dir, "--metrics-addr", "", "--simulate-addr", "")
 		start := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

@@ -44,7 +44,8 @@ func TestServeWithManifestArgs(t *testing.T) {
 		"cdi-dir": cdiDir, "device-plugin-dir": pluginDir, "metrics-addr": addr,
 		"pod-resources-socket": filepath.Join(t.TempDir(), "kubelet.sock"),
 	}
-	args := []string{"serve", "--simulate=dgxa100"}
+	// No fault-injection listener: its default port may be taken here.
+	args := []string{"serve", "--simulate=dgxa100", "--simulate-addr="}
 	for _, a := range c.Args[1:] {
 		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		switch v, ok := swap[name]; {

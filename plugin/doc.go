@@ -26,7 +26,11 @@
 // longer given stay registered but advertise no devices. That last rule
 // matters: if a plugin closes its socket, the kubelet keeps counting the old
 // devices, as unhealthy, for five minutes, and a GPU that moved to another
-// resource (whole → blocks, say) would be counted twice. Check runs the
+// resource (whole → blocks, say) would be counted twice. For the same
+// reason Update publishes resources that lose devices before those that
+// gain them, and waits (a second at most) until the shrunk lists have gone
+// out on every ListAndWatch stream: the kubelet never sees a GPU in two
+// resources. Check runs the
 // same validation without applying anything, so a caller can refuse a
 // layout before acting on it (the daemon checks a new config's plan before
 // it writes the CDI spec for it).
@@ -38,11 +42,17 @@
 // the full device list at once and after every change (a stream that falls
 // behind skips to the newest list), GetPreferredAllocation and Allocate.
 // Both check the requested IDs against the current snapshot first: IDs the
-// resource does not offer, or the same ID twice, are refused with
-// codes.InvalidArgument and a message naming the IDs and the resource. A
-// dropped resource has no Resource to ask: GetPreferredAllocation is refused
-// with codes.FailedPrecondition. The Resource only ever sees well-formed
-// requests.
+// resource does not offer, the same ID twice, or (in an Allocate for several
+// containers) one device for two containers, are refused with
+// codes.InvalidArgument and a message naming the IDs and the resource. IDs
+// in messages are quoted and cut to MaxQuotedID bytes (QuoteID), ten at
+// most, since a request's IDs can be of any length. A request that does not
+// decode (a device ID that is not UTF-8, say) is codes.InvalidArgument too,
+// not gRPC's own codes.Internal (see codec.go). A dropped resource has no
+// Resource to ask: GetPreferredAllocation is refused with
+// codes.FailedPrecondition. The Resource only ever sees well-formed
+// requests, and its preferred allocation is checked in turn: one naming a
+// device twice, or one the resource does not offer, is codes.Internal.
 //
 // # Hot path
 //

@@ -37,11 +37,14 @@ func (s *server) ListAndWatch(_ *pluginapi.Empty, stream grpc.ServerStreamingSer
 	log := s.log.WithValues("method", "ListAndWatch")
 	log.V(2).Info("stream opened")
 	defer log.V(2).Info("stream closed")
+	st := s.openStream()
+	defer s.closeStream(st)
 	for {
 		snap := s.snap.Load()
 		if err := stream.Send(snap.list); err != nil {
 			return err
 		}
+		s.sent(st, snap)
 		log.V(4).Info("sent device list", "devices", len(snap.list.Devices))
 		select {
 		case <-snap.stale:
@@ -87,27 +90,45 @@ func (s *server) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 		if err != nil {
 			return nil, s.resourceError("GetPreferredAllocation", err)
 		}
+		// A Resource's answer goes to the kubelet as is: one that names a
+		// device twice (or one the resource does not offer) is a bug to
+		// report, not a preference to pass on.
+		if len(ids) > 0 && !snap.valid(ids, true) {
+			return nil, s.resourceError("GetPreferredAllocation", fmt.Errorf("chose an invalid allocation: %w",
+				snap.check(s.name, ids, true)))
+		}
 		resp.ContainerResponses[i] = &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids}
 	}
 	return resp, nil
 }
 
 // Allocate implements pluginapi.DevicePluginServer: one response per
-// container request, in order. Unknown or repeated IDs are refused with
-// codes.InvalidArgument before the Resource sees them.
+// container request, in order. Unknown or repeated IDs, and a device named
+// by two containers, are refused with codes.InvalidArgument before the
+// Resource sees them.
 func (s *server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (resp *pluginapi.AllocateResponse, err error) {
 	if s.onAllocate != nil {
 		start := time.Now()
 		defer func() { s.onAllocate(s.name, time.Since(start), err) }()
 	}
 	snap := s.snap.Load()
-	resp = &pluginapi.AllocateResponse{
-		ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, len(req.GetContainerRequests())),
-	}
-	for i, cr := range req.GetContainerRequests() {
-		ids := cr.GetDevicesIds()
-		if err := snap.check(s.name, ids, true); err != nil {
+	crs := req.GetContainerRequests()
+	if len(crs) > 1 {
+		// Several containers are checked together, before any is
+		// allocated: no device may go to two of them.
+		if err := snap.checkContainers(s.name, crs); err != nil {
 			return nil, s.reject("Allocate", err)
+		}
+	}
+	resp = &pluginapi.AllocateResponse{
+		ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, len(crs)),
+	}
+	for i, cr := range crs {
+		ids := cr.GetDevicesIds()
+		if len(crs) == 1 {
+			if err := snap.check(s.name, ids, true); err != nil {
+				return nil, s.reject("Allocate", err)
+			}
 		}
 		// snap.res is non-nil here: a dropped resource knows no IDs.
 		r, err := snap.res.Allocate(ids)

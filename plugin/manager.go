@@ -59,9 +59,20 @@ type Manager struct {
 	started bool            // Run was called
 	wg      sync.WaitGroup  // server goroutines
 	changed chan struct{}   // closed and replaced when registration state changes
+	// sentWait bounds how long Update waits for the streams of shrinking
+	// resources before it publishes growing ones (defaultSentWait).
+	sentWait time.Duration
 	// onWatch, set by tests, sees Run's watcher (to close it under Run).
 	onWatch func(*fsnotify.Watcher)
+	// onPublish, set by tests, sees every snapshot Update publishes, in
+	// order.
+	onPublish func(resource string, devices []*pluginapi.Device)
 }
+
+// defaultSentWait bounds Update's wait for a shrunk device list to go out.
+// A kubelet reading its streams takes microseconds; one that stopped
+// reading must not stall every change.
+const defaultSentWait = time.Second
 
 // NewManager returns a Manager that serves nothing until Update and Run.
 func NewManager(opts Options) *Manager {
@@ -77,7 +88,7 @@ func NewManager(opts Options) *Manager {
 	if opts.ResyncPeriod <= 0 {
 		opts.ResyncPeriod = 5 * time.Second
 	}
-	return &Manager{opts: opts, servers: map[string]*server{}, changed: make(chan struct{})}
+	return &Manager{opts: opts, servers: map[string]*server{}, changed: make(chan struct{}), sentWait: defaultSentWait}
 }
 
 // Update makes resources the complete set of what the node offers. It is the
@@ -89,6 +100,12 @@ func NewManager(opts Options) *Manager {
 //   - a name served before but missing now stays registered and streams an
 //     empty device list. Closing it instead would make the kubelet count the
 //     old devices as unhealthy capacity for minutes (see DESIGN §4).
+//
+// No device is ever offered by two resources at once: resources that lose
+// devices are published first (one that also gains devices streams only
+// what it keeps, for the moment), and the rest only once every open
+// ListAndWatch stream of those has sent the shorter list, or after a
+// second if one does not.
 //
 // Update validates everything first and applies nothing on error; errors
 // wrap ErrInvalidResource. Calling Update before Run is allowed and is how
@@ -102,30 +119,88 @@ func (m *Manager) Update(resources []Resource) error {
 	}
 
 	log := m.logger()
-	for name, snap := range snaps {
+	// Publish in two phases, so that the kubelet never sees one device in
+	// two resources (a GPU turning from whole into blocks is in both
+	// "nvidia.com/gpu" and "nvidia.com/gpu-blocks" if the blocks appear
+	// first): first every resource that loses devices streams what it
+	// keeps, then, once those lists have gone out, every resource streams
+	// its new list.
+	var shrink, grow []publication
+	anyGains := false
+	for _, name := range slices.Sorted(maps.Keys(snaps)) {
+		snap := snaps[name]
 		s, ok := m.servers[name]
 		if !ok {
 			s = newServer(name, &m.opts, m.notify)
 			m.servers[name] = s
 			log.Info("serving new resource", "resource", name, "devices", len(snap.list.Devices))
+			grow = append(grow, publication{s, snap, true})
+			anyGains = anyGains || len(snap.list.Devices) > 0
+			continue
 		}
-		s.setSnapshot(snap)
-		if !ok && m.ctx != nil {
-			m.start(s)
+		loses, gains := snap.diff(s.snap.Load())
+		anyGains = anyGains || gains
+		switch {
+		case loses && gains:
+			shrink = append(shrink, publication{s, snap.within(s.snap.Load()), false})
+			grow = append(grow, publication{s, snap, false})
+		case loses:
+			shrink = append(shrink, publication{s, snap, false})
+		default:
+			grow = append(grow, publication{s, snap, false})
 		}
 	}
-	for name, s := range m.servers {
+	for _, name := range slices.Sorted(maps.Keys(m.servers)) {
 		if _, ok := snaps[name]; ok {
 			continue
 		}
+		s := m.servers[name]
 		if s.snap.Load().res != nil {
 			log.Info("resource dropped; streaming an empty device list", "resource", name)
 		}
 		empty, _ := newSnapshot(nil)
-		s.setSnapshot(empty)
+		shrink = append(shrink, publication{s, empty, false})
+	}
+
+	for _, p := range shrink {
+		m.publish(p)
+	}
+	// Waiting matters only when a device is about to appear somewhere.
+	if len(shrink) > 0 && anyGains && m.ctx != nil {
+		deadline := time.NewTimer(m.sentWait)
+		for _, p := range shrink {
+			if !p.s.waitSent(p.snap, deadline.C) {
+				log.Info("a ListAndWatch stream did not take the shrunk device list in time; publishing the rest",
+					"resource", p.s.name, "waited", m.sentWait)
+				break
+			}
+		}
+		deadline.Stop()
+	}
+	for _, p := range grow {
+		m.publish(p)
 	}
 	m.notifyLocked()
 	return nil
+}
+
+// A publication is one snapshot for one server, in Update's order.
+type publication struct {
+	s     *server
+	snap  *snapshot
+	start bool // a new server, to start once Run runs
+}
+
+// publish hands p's snapshot to its server, and starts a new server under
+// Run. m.mu must be held.
+func (m *Manager) publish(p publication) {
+	p.s.setSnapshot(p.snap)
+	if m.onPublish != nil {
+		m.onPublish(p.s.name, p.snap.list.Devices)
+	}
+	if p.start && m.ctx != nil {
+		m.start(p.s)
+	}
 }
 
 // Check reports whether Update would accept resources, with the same

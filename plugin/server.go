@@ -58,6 +58,13 @@ type server struct {
 
 	onAllocate func(resource string, took time.Duration, err error)
 
+	// streams are the open ListAndWatch streams, each with the snapshot it
+	// sent last, so that Update can wait until a shrunk list has gone out;
+	// sentCh is closed and replaced whenever one of them changes.
+	streamMu sync.Mutex
+	streams  map[*watchStream]struct{}
+	sentCh   chan struct{}
+
 	// Owned by run; log is set before the first Serve and never again.
 	log      klog.Logger
 	grpc     *grpc.Server
@@ -78,6 +85,8 @@ func newServer(name string, opts *Options, notify func()) *server {
 		notify:        notify,
 		kick:          make(chan struct{}, 1),
 		onAllocate:    opts.OnAllocate,
+		streams:       map[*watchStream]struct{}{},
+		sentCh:        make(chan struct{}),
 		log:           klog.Background().WithValues("resource", name),
 	}
 }
@@ -96,6 +105,63 @@ func (s *server) setSnapshot(snap *snapshot) {
 	s.snap.Store(snap)
 	if old != nil {
 		close(old.stale)
+	}
+}
+
+// A watchStream is one open ListAndWatch stream.
+type watchStream struct {
+	sent *snapshot // guarded by server.streamMu
+}
+
+// openStream registers a ListAndWatch stream; closeStream must follow.
+func (s *server) openStream() *watchStream {
+	st := &watchStream{}
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	s.streams[st] = struct{}{}
+	return st
+}
+
+func (s *server) closeStream(st *watchStream) {
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	delete(s.streams, st)
+	s.sentChangedLocked()
+}
+
+// sent records that st handed snap's list to gRPC.
+func (s *server) sent(st *watchStream, snap *snapshot) {
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	st.sent = snap
+	s.sentChangedLocked()
+}
+
+func (s *server) sentChangedLocked() {
+	close(s.sentCh)
+	s.sentCh = make(chan struct{})
+}
+
+// waitSent waits until every open stream has sent snap's device list (or
+// an equal one), and reports false if deadline fired first.
+func (s *server) waitSent(snap *snapshot, deadline <-chan time.Time) bool {
+	for {
+		s.streamMu.Lock()
+		done := true
+		for st := range s.streams {
+			// Snapshots with equal device lists share stale.
+			done = done && st.sent != nil && st.sent.stale == snap.stale
+		}
+		ch := s.sentCh
+		s.streamMu.Unlock()
+		if done {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			return false
+		}
 	}
 }
 
@@ -206,8 +272,8 @@ func (s *server) serve() error {
 		lis.Close()
 		return fmt.Errorf("checking socket %s: %w", s.socket, err)
 	}
-	g := grpc.NewServer()
-	pluginapi.RegisterDevicePluginServer(g, s)
+	g := grpc.NewServer(serverCodec)
+	g.RegisterService(devicePluginService, s)
 	s.grpc, s.sockInfo = g, fi
 	s.serving.Add(1)
 	go func() {

@@ -2,15 +2,10 @@ package plugin
 
 import (
 	"fmt"
-	"strings"
 
 	"google.golang.org/protobuf/proto"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
-
-// maxNamedIDs bounds how many offending IDs an error message lists, so that a
-// broken request for 800 blocks does not produce an 800-ID log line.
-const maxNamedIDs = 10
 
 // stackDevices is the device count up to which check's duplicate bitset
 // lives on the stack; only larger resources allocate one per request.
@@ -56,6 +51,38 @@ func newSnapshot(res Resource) (*snapshot, error) {
 	}
 	s.list.Devices = devs
 	return s, nil
+}
+
+// diff reports whether s, replacing old, drops device IDs old offers and
+// whether it adds IDs old does not offer.
+func (s *snapshot) diff(old *snapshot) (loses, gains bool) {
+	for id := range old.ids {
+		if _, ok := s.ids[id]; !ok {
+			loses = true
+			break
+		}
+	}
+	for id := range s.ids {
+		if _, ok := old.ids[id]; !ok {
+			gains = true
+			break
+		}
+	}
+	return loses, gains
+}
+
+// within returns s restricted to the devices old offers too: what a
+// resource that both loses and gains devices streams while the devices it
+// gains may still be offered elsewhere (see Manager.Update).
+func (s *snapshot) within(old *snapshot) *snapshot {
+	out := &snapshot{res: s.res, ids: map[string]int32{}, list: &pluginapi.ListAndWatchResponse{}, stale: make(chan struct{})}
+	for _, d := range s.list.Devices {
+		if _, ok := old.ids[d.ID]; ok {
+			out.ids[d.ID] = int32(len(out.list.Devices))
+			out.list.Devices = append(out.list.Devices, d)
+		}
+	}
+	return out
 }
 
 // sameDevices reports whether s and o would send the kubelet the same list.
@@ -118,18 +145,52 @@ func (s *snapshot) check(name string, ids []string, wantUnique bool) error {
 	switch {
 	case len(unknown) > 0 && len(dups) > 0:
 		return fmt.Errorf("resource %q: %w: %s; %w: %s", name,
-			ErrUnknownDevice, nameIDs(unknown), ErrDuplicateDevice, nameIDs(dups))
+			ErrUnknownDevice, QuoteIDs(unknown), ErrDuplicateDevice, QuoteIDs(dups))
 	case len(unknown) > 0:
-		return fmt.Errorf("resource %q: %w: %s", name, ErrUnknownDevice, nameIDs(unknown))
+		return fmt.Errorf("resource %q: %w: %s", name, ErrUnknownDevice, QuoteIDs(unknown))
 	default:
-		return fmt.Errorf("resource %q: %w: %s", name, ErrDuplicateDevice, nameIDs(dups))
+		return fmt.Errorf("resource %q: %w: %s", name, ErrDuplicateDevice, QuoteIDs(dups))
 	}
 }
 
-// nameIDs lists at most maxNamedIDs IDs for an error message.
-func nameIDs(ids []string) string {
-	if len(ids) <= maxNamedIDs {
-		return strings.Join(ids, ", ")
+// checkContainers validates the ID lists of several containers of one
+// Allocate call: each as check does, and no device in two of them. The
+// kubelet sends one container per call, but the API allows several, and
+// the same device given to two containers would be one GPU shared without
+// either knowing. Like check, it allocates nothing on success for resources
+// of up to stackDevices devices.
+func (s *snapshot) checkContainers(name string, crs []*pluginapi.ContainerAllocateRequest) error {
+	var buf [stackDevices / 64]uint64
+	seen := buf[:]
+	if n := len(s.list.Devices); n > stackDevices {
+		seen = make([]uint64, (n+63)/64)
 	}
-	return fmt.Sprintf("%s and %d more", strings.Join(ids[:maxNamedIDs], ", "), len(ids)-maxNamedIDs)
+	for c, cr := range crs {
+		ids := cr.GetDevicesIds()
+		if err := s.check(name, ids, true); err != nil {
+			return fmt.Errorf("container request %d: %w", c, err)
+		}
+		for _, id := range ids {
+			i := s.ids[id]
+			w, bit := i>>6, uint64(1)<<(i&63)
+			if seen[w]&bit != 0 {
+				return fmt.Errorf("resource %q: %w: device %s is requested by container requests %d and %d; "+
+					"a device serves one container", name, ErrDuplicateDevice, QuoteID(id), firstWith(crs[:c], id), c)
+			}
+			seen[w] |= bit
+		}
+	}
+	return nil
+}
+
+// firstWith returns the index of the first container request naming id.
+func firstWith(crs []*pluginapi.ContainerAllocateRequest, id string) int {
+	for c, cr := range crs {
+		for _, x := range cr.GetDevicesIds() {
+			if x == id {
+				return c
+			}
+		}
+	}
+	return -1
 }

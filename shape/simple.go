@@ -1,6 +1,7 @@
 package shape
 
 import (
+	"slices"
 	"sort"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -45,7 +46,8 @@ func (r *simpleResource) Devices() []*pluginapi.Device { return r.devices }
 // Prefer keeps a container's devices on one NUMA node when it can: it starts
 // from mustInclude, then fills from the NUMA node of mustInclude (or, with
 // none, the smallest NUMA group that fits, to keep larger groups whole), then
-// from anything, in discovery order.
+// from anything, in discovery order. Each device is chosen at most once,
+// however often the kubelet lists it.
 func (r *simpleResource) Prefer(available, mustInclude []string, size int) ([]string, error) {
 	out := make([]string, 0, size)
 	taken := make(map[string]bool, size)
@@ -62,6 +64,9 @@ func (r *simpleResource) Prefer(available, mustInclude []string, size int) ([]st
 		}
 	}
 	sort.Slice(free, func(i, j int) bool { return r.rank[free[i]] < r.rank[free[j]] })
+	// The kubelet's list may name a device twice; in rank order the copies
+	// are neighbours, and one device must never be chosen twice.
+	free = slices.Compact(free)
 	need := size - len(out)
 	if need <= 0 {
 		return out, nil

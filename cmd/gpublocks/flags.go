@@ -22,4 +22,5 @@ func addServeFlags(fs *pflag.FlagSet, o *daemon.Options) {
 	fs.StringVar(&o.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
 	fs.StringVar(&o.PodResourcesSocket, "pod-resources-socket", daemon.DefaultPodResourcesSocket, "the kubelet's PodResources API, asked before a GPU with allocated devices changes shape")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9400", `address for /metrics, /healthz and /readyz; "" disables`)
+	fs.StringVar(&o.SimulateAddr, "simulate-addr", "127.0.0.1:9401", `loopback address for fault injection (POST /simulate/...) with --simulate; "" disables`)
 }

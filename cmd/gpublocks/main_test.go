@@ -120,3 +120,17 @@ func TestInspectNodeNameOutsideClusterSaysWhatToDo(t *testing.T) {
 	require.ErrorContains(t, err, "--node-name gpu-1")
 	require.ErrorContains(t, err, "drop --node-name")
 }
+
+func TestServeRefusesNonLoopbackSimulateAddr(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"serve", "--simulate", "dgxa100", "--driver-root", dir, "--dev-root", dir,
+		"--device-plugin-dir", filepath.Join(dir, "dp"), "--cdi-dir", filepath.Join(dir, "cdi"), "--metrics-addr", ""}
+	_, err := run(t, append(base, "--simulate-addr", "0.0.0.0:9401")...)
+	require.ErrorContains(t, err, "--simulate-addr")
+	require.ErrorContains(t, err, "loopback")
+
+	t.Setenv("GPUBLOCKS_SIMULATE_ADDR", ":9401")
+	_, err = run(t, base...)
+	require.ErrorContains(t, err, "--simulate-addr")
+	require.ErrorContains(t, err, `":9401" listens on every interface`)
+}

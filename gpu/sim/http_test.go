@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"context"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -61,4 +63,57 @@ func TestFaultHandler(t *testing.T) {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/simulate/xid?gpu=3&xid=48", nil))
 	require.Equal(t, 405, rec.Code, "injection only by POST")
+}
+
+func TestCheckLoopback(t *testing.T) {
+	cases := map[string]struct {
+		addr string
+		ok   bool
+	}{
+		"IPv4 loopback":        {addr: "127.0.0.1:9401", ok: true},
+		"rest of 127/8":        {addr: "127.3.4.5:9401", ok: true},
+		"IPv6 loopback":        {addr: "[::1]:9401", ok: true},
+		"localhost":            {addr: "localhost:9401", ok: true},
+		"localhost any case":   {addr: "LocalHost:0", ok: true},
+		"every interface":      {addr: ":9401"},
+		"IPv4 unspecified":     {addr: "0.0.0.0:9401"},
+		"IPv6 unspecified":     {addr: "[::]:9401"},
+		"private address":      {addr: "10.0.0.5:9401"},
+		"host name":            {addr: "node1:9401"},
+		"localhost look-alike": {addr: "localhost.example.com:9401"},
+		"no port":              {addr: "127.0.0.1"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := CheckLoopback(tc.addr)
+			if tc.ok {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrNotLoopback)
+			require.Contains(t, err.Error(), tc.addr)
+		})
+	}
+}
+
+func TestListenFaults(t *testing.T) {
+	b, err := New("dgxa100")
+	require.NoError(t, err)
+
+	_, err = b.ListenFaults("0.0.0.0:0")
+	require.ErrorIs(t, err, ErrNotLoopback)
+
+	for _, addr := range []string{"127.0.0.1:0", "localhost:0"} {
+		s, err := b.ListenFaults(addr)
+		require.NoError(t, err, addr)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx) }()
+		resp, err := http.Post("http://"+s.Addr().String()+"/simulate/restore?gpu=0", "", nil)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, addr)
+		cancel()
+		require.NoError(t, <-done)
+	}
 }

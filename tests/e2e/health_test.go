@@ -22,8 +22,8 @@ const (
 )
 
 // injectXID faults a simulated GPU inside the running gpublocks process,
-// through the fault-injection endpoint that serve mounts on its metrics
-// address for simulated hardware.
+// through the fault-injection endpoint that serve listens on, for simulated
+// hardware, at --simulate-addr (loopback only).
 func injectXID(t *testing.T, addr string, gpu int, xid uint64) {
 	t.Helper()
 	resp, err := http.Post(fmt.Sprintf("http://%s/simulate/xid?gpu=%d&xid=%d", addr, gpu, xid), "", nil)
@@ -64,11 +64,15 @@ func TestHealth(t *testing.T) {
 	dir := shortTempDir(t)
 	configFile := writeFile(t, dir, "config.yaml", fmt.Sprintf(
 		"health: {quietPeriod: %s}\ngpus: [{match: {index: [2]}, shape: blocks}]\n", quietPeriod))
-	metricsAddr := freeLocalAddr(t)
+	metricsAddr, faultAddr := freeLocalAddr(t), freeLocalAddr(t)
+	for faultAddr == metricsAddr {
+		faultAddr = freeLocalAddr(t)
+	}
 	n := startKubeletNode(t, func(o *pluginOptions) {
 		o.simulate = "dgxa100-mig"
 		o.config = configFile
 		o.metricsAddr = metricsAddr
+		o.simulateAddr = faultAddr
 	})
 	// dgxa100-mig: GPU 0 holds 3g.40gb, 2g.20gb and two 1g.10gb, GPU 1 seven
 	// 1g.10gb; GPU 2 is blocks by the config, GPUs 3-7 whole.
@@ -91,8 +95,17 @@ func TestHealth(t *testing.T) {
 		return out
 	}
 
+	t.Run("the metrics address takes no faults", func(t *testing.T) {
+		// Other hosts reach the metrics address; fault injection is on
+		// --simulate-addr, loopback only.
+		resp, err := http.Post(fmt.Sprintf("http://%s/simulate/xid?gpu=4&xid=48", metricsAddr), "", nil)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	})
+
 	t.Run("an ignored XID changes nothing", func(t *testing.T) {
-		injectXID(t, metricsAddr, 3, 13)
+		injectXID(t, faultAddr, 3, 13)
 		deadline := time.Now().Add(healthBudget)
 		for time.Now().Before(deadline) {
 			c, a := n.capacities()
@@ -116,7 +129,7 @@ func TestHealth(t *testing.T) {
 	for _, f := range faults {
 		t.Run("XID 48 on the "+f.name, func(t *testing.T) {
 			start := time.Now()
-			injectXID(t, metricsAddr, f.gpu, 48)
+			injectXID(t, faultAddr, f.gpu, 48)
 			took := n.waitHealth(t, capacity, f.unhealthy, healthBudget)
 			t.Logf("XID 48 on GPU %d reached the kubelet after %s (injection %s)", f.gpu, took, time.Since(start)-took)
 		})

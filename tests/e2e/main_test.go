@@ -143,6 +143,9 @@ type pluginOptions struct {
 	// metricsAddr is --metrics-addr; "" disables the metrics server, so that
 	// tests running side by side never fight over a port.
 	metricsAddr string
+	// simulateAddr is --simulate-addr, the loopback fault-injection
+	// address; "" disables it, for the same reason.
+	simulateAddr string
 }
 
 // newPluginOptions returns options with fresh temporary directories for
@@ -186,6 +189,7 @@ func startPlugin(t *testing.T, o pluginOptions) *pluginProcess {
 		"--driver-root", o.rootDir,
 		"--dev-root", o.rootDir,
 		"--metrics-addr", o.metricsAddr,
+		"--simulate-addr", o.simulateAddr,
 	}
 	if o.config != "" {
 		args = append(args, "--config", o.config)
