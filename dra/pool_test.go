@@ -144,12 +144,11 @@ func TestUnhealthyTaints(t *testing.T) {
 		TaintEffect: resourceapi.DeviceTaintEffectNoExecute,
 	})
 	for _, d := range p.Devices {
-		gpuIndex := -1
-		if v, ok := d.Attributes["index"]; ok {
-			gpuIndex = int(*v.IntValue)
-		} else {
-			gpuIndex = int(*d.Attributes["parentIndex"].IntValue)
+		idx, ok := d.Attributes["index"]
+		if !ok {
+			idx = d.Attributes["parentIndex"]
 		}
+		gpuIndex := int(*idx.IntValue)
 		switch {
 		case gpuIndex == 3:
 			require.Equal(t, []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: "xid-48", Effect: resourceapi.DeviceTaintEffectNoExecute}}, d.Taints, d.Name)

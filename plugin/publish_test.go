@@ -139,7 +139,8 @@ func (e *testEnv) watch(t *testing.T, resource string) *gatedStream {
 	go func() { done <- s.ListAndWatch(&pluginapi.Empty{}, g) }()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		err := <-done // the stream ends with the context's error
+		t.Logf("stream ended: %v", err)
 	})
 	<-g.sent
 	g.release <- struct{}{}

@@ -44,7 +44,7 @@ func readDeb(name string, r io.Reader) ([]File, error) {
 			if errors.Is(err, io.EOF) {
 				return nil, fmt.Errorf("%s: %w: no data.tar member", name, ErrBadPackage)
 			}
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrBadPackage, err)
+			return nil, fmt.Errorf("%s: %w: %w", name, ErrBadPackage, err)
 		}
 		member := strings.TrimRight(strings.TrimSpace(string(hdr[0:16])), "/")
 		size, err := strconv.ParseInt(strings.TrimSpace(string(hdr[48:58])), 10, 64)
@@ -61,7 +61,7 @@ func readDeb(name string, r io.Reader) ([]File, error) {
 		}
 		// ar pads members to an even size.
 		if _, err := io.Copy(io.Discard, io.LimitReader(br, size+size%2)); err != nil {
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrBadPackage, err)
+			return nil, fmt.Errorf("%s: %w: %w", name, ErrBadPackage, err)
 		}
 	}
 }
