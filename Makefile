@@ -6,13 +6,26 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 export CGO_ENABLED := 1
 export CGO_CFLAGS  ?= -O2 -g -Wno-deprecated-declarations
 GOLANGCI_LINT_VERSION ?= v2.15.0
+# make image: the OCI archive's inputs (same inputs, same digest).
+IMAGE             ?= bin/gpublocks-image.tar
+REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build demo test test-unit test-deployments e2e test-cluster lint bench clean
+.PHONY: all build image demo test test-unit test-deployments e2e test-cluster lint bench clean
 
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+
+## image: $(IMAGE), an OCI image archive of the binary and the glibc runtime
+## it needs (Debian packages fetched and verified by apt), without a container
+## engine; its reference is the chart's image.repository:appVersion.
+## `ctr -n k8s.io images import $(IMAGE)` loads it (README "Image").
+image: build
+	cd deployments && env -u GOARCH -u CC $(GO) run ./cmd/gpublocks-image -binary $(CURDIR)/$(BIN) \
+		-license $(CURDIR)/LICENSE -chart helm/gpublocks -output $(CURDIR)/$(IMAGE) \
+		-cache $(CURDIR)/bin/debs -revision "$(REVISION)" -created "$(SOURCE_DATE_EPOCH)"
 
 ## demo: serve simulated GPUs to a built-in kubelet stand-in and show what example containers receive
 demo: build
@@ -28,8 +41,8 @@ test-unit:
 ## test-deployments: renders the Helm chart with Helm's Go SDK, decodes every
 ## manifest strictly into k8s.io/api types, parses every example config
 ## (deployments/ is its own module so the product never depends on Helm)
-test-deployments: build
-	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./...
+test-deployments: build image
+	cd deployments && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) GPUBLOCKS_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test -count=1 ./...
 
 ## e2e: drives the real binary (built with -race) through the kubelet's own
 ## device-manager code; tests/ is its own module so the product never depends
@@ -44,8 +57,8 @@ e2e:
 ## simulated GPUs, pods run by containerd. Needs root, runc, containernetworking-plugins
 ## and busybox-static (it skips, saying so, without them). tests/cluster is its own
 ## module. The timeout covers a cold build of the components (10-20 min on 2 cores).
-test-cluster:
-	cd tests/cluster && GPUBLOCKS_IMAGE=$(CURDIR)/bin/gpublocks-image.tar $(GO) test -count=1 -v -timeout 75m ./...
+test-cluster: image
+	cd tests/cluster && GPUBLOCKS_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -v -timeout 75m ./...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -59,11 +72,23 @@ lint:
 	cd deployments && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 	cd tests/cluster && PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
-## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency, RSS at ready
+## bench: Allocate vs empty gRPC round trip, GetPreferredAllocation, blocks packing, XID latency,
+## cluster packing (DRA through the scheduler's allocator vs the device-plugin model, 100 nodes),
+## and start-up time and RSS side by side with NVIDIA's plugin (tests/footprint, its own module;
+## set NVIDIA_DEVICE_PLUGIN_SRC to a checkout of NVIDIA/k8s-device-plugin v0.20.0 with vendor/,
+## else gpublocks alone is measured against the reference figures)
+NVIDIA_DEVICE_PLUGIN_SRC ?=
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./plugin/ ./blocks/
 	$(GO) test -run '^$$' -bench XIDToListAndWatch -benchtime 300x ./daemon/
-	GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench RSS -benchtime 1x ./daemon/
+	$(GO) test -run '^$$' -bench ClusterPacking -benchtime 1x -timeout 30m -v ./dra/
+	@if (cd tests/footprint && $(GO) test -c -o $(CURDIR)/bin/footprint.test .); then \
+		cd tests/footprint && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) NVIDIA_DEVICE_PLUGIN_SRC=$(NVIDIA_DEVICE_PLUGIN_SRC) \
+			$(CURDIR)/bin/footprint.test -test.run '^$$' -test.bench Footprint -test.benchtime 1x; \
+	else \
+		echo "SKIP footprint side-by-side: tests/footprint did not build (it needs k8s.io/kubernetes from the module proxy); gpublocks alone:"; \
+		GPUBLOCKS_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench RSS -benchtime 1x ./daemon/; \
+	fi
 
 clean:
 	rm -rf bin

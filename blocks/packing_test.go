@@ -4,14 +4,14 @@ import (
 	"cmp"
 	"flag"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpublocks/gpublocks/internal/packingtrace"
 )
 
 // The packing simulation replays streams of container arrivals and
@@ -43,40 +43,11 @@ var packingSeeds = []uint64{1, 2, 3}
 
 const packingGPUs = 8
 
-// sizeMix is the share (in %) of each request size: mostly small
-// inference-style containers, with a tail of large and whole-GPU ones.
-var sizeMix = []struct{ blocks, weight int }{
-	{10, 25}, {20, 20}, {25, 15}, {30, 15}, {50, 12}, {70, 7}, {100, 6},
-}
+type arrival = packingtrace.Arrival
 
-type arrival struct{ size, life int }
-
-// makeTrace returns one arrival per tick with an exponential lifetime whose
-// mean makes the offered load (mean size × mean lifetime) the given share
-// of the node's blocks.
+// makeTrace is the shared trace at this benchmark's node size.
 func makeTrace(seed uint64, n int, load float64) []arrival {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	total, mean := 0, 0.0
-	for _, s := range sizeMix {
-		total += s.weight
-		mean += float64(s.blocks * s.weight)
-	}
-	mean /= float64(total)
-	meanLife := load * packingGPUs * PerGPU / mean
-	trace := make([]arrival, n)
-	for i := range trace {
-		w := rng.IntN(total)
-		size := 0
-		for _, s := range sizeMix {
-			if w < s.weight {
-				size = s.blocks
-				break
-			}
-			w -= s.weight
-		}
-		trace[i] = arrival{size: size, life: max(1, int(math.Round(rng.ExpFloat64()*meanLife)))}
-	}
-	return trace
+	return packingtrace.Make(seed, n, load, packingGPUs)
 }
 
 // simNode is the node's free blocks as the kubelet sees them.
@@ -141,13 +112,13 @@ func simulate(r *Resource, traces [][]arrival, place placer) packingResult {
 				return true
 			})
 			res.arrivals++
-			if n.total < a.size {
+			if n.total < a.Size {
 				res.full++ // the scheduler would not pick this node
 			} else {
-				if slices.Max(n.count[:]) < a.size {
+				if slices.Max(n.count[:]) < a.Size {
 					res.noSingleFit++
 				}
-				refs := place(n, a.size)
+				refs := place(n, a.Size)
 				split := false
 				for _, ref := range refs {
 					split = split || ref.slot != refs[0].slot
@@ -163,7 +134,7 @@ func simulate(r *Resource, traces [][]arrival, place placer) packingResult {
 					for _, ref := range refs {
 						n.take(ref)
 					}
-					live = append(live, running{until: t + a.life, refs: refs})
+					live = append(live, running{until: t + a.Life, refs: refs})
 				}
 			}
 			res.utilSum += float64(packingGPUs*PerGPU-n.total) / (packingGPUs * PerGPU)
@@ -374,7 +345,7 @@ func TestTraceDeterministic(t *testing.T) {
 	tr := makeTrace(1, 5000, 0.9)
 	sizes := map[int]int{}
 	for _, a := range tr {
-		sizes[a.size]++
+		sizes[a.Size]++
 	}
 	keys := make([]int, 0, len(sizes))
 	for k := range sizes {

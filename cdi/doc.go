@@ -53,14 +53,26 @@
 // without an ld.so.cache entry: /usr/lib/<triplet> for Debian-family images
 // and /usr/lib64 for RHEL-family images. Tools go to /usr/bin. Symlinks are
 // resolved inside the driver root, so a driver root such as /host is never
-// escaped by an absolute link.
+// escaped by an absolute link. Every file is checked before it is mounted
+// into every GPU container: a library must resolve to a regular ELF shared
+// object directly inside one of the driver root's library directories, a
+// tool to an executable regular file inside one of its tool directories,
+// and every container path lies in those directories; anything else
+// (libcuda.so.1 -> /etc/passwd) is left out, logged and listed in
+// DriverFiles.Skipped.
 //
 // # Writing
 //
 // A Writer keeps <cdi-dir>/<vendor>-<class>.yaml current: it validates the
-// spec, writes it atomically through the CDI library's cache, makes it 0644,
-// skips the write when the bytes are unchanged and removes the file when no
-// device is left (a spec without devices is invalid).
+// spec with the CDI library's rules, encodes it as the library does, writes
+// it with internal/atomicfile (0644 from the first byte, no temporary file
+// left on a full filesystem, never a partial file at the final name, even
+// after kill -9; the library's own writer fails all three), skips the write
+// when the bytes are unchanged and removes the file when no device is left
+// (a spec without devices is invalid). Writer.Heal puts the last spec back
+// within moments when the file or its directory is deleted or changed
+// behind our back: Allocate keeps naming its devices, and a runtime that
+// cannot find them fails every new container.
 //
 // # Allocate
 //

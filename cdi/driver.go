@@ -64,6 +64,12 @@ type DriverFiles struct {
 	Root      string
 	Libraries []DriverFile
 	Tools     []DriverFile
+	// Skipped explains each file with a driver file's name that is not
+	// mounted, and why: it resolves outside the driver's directories, is
+	// not a regular file, not an ELF shared object (libraries) or not
+	// executable (tools), or its symlink dangles or loops. Each wraps
+	// ErrDriverFileSkipped and names the file as found and as resolved.
+	Skipped []error
 }
 
 // A DriverFile is one real file of the driver (symlinks resolved) and the
@@ -107,9 +113,21 @@ func (d DriverFiles) Mounts() []*specs.Mount {
 // tools (in gpu.DriverToolDirs). Symlinks are resolved inside driverRoot
 // (gpu.ResolveInRoot), as the host would resolve them with driverRoot as
 // "/"; a directory reached twice through symlinks (merged /usr) is searched
-// once. Nothing found is not an error (the simulated mode has no driver):
-// the result is empty and a note is logged at default verbosity; a caller
-// that knows a real driver is in use (NVML loaded) should treat Empty as the
+// once.
+//
+// Every file mounted is checked, because each lands in every container
+// with one of our devices: a library must resolve to a regular ELF shared
+// object (ET_DYN) directly inside one of the driver root's library
+// directories (gpu.ResolveDirs), a tool to a regular executable file
+// directly inside one of its tool directories, and every container path is
+// inside those directories too. Anything else (libcuda.so.1 ->
+// /etc/ld.so.preload, a directory or FIFO with a library's name, a tool
+// without an exec bit) is left out, logged at default verbosity and listed
+// in DriverFiles.Skipped.
+//
+// Nothing found is not an error (the simulated mode has no driver): the
+// result is empty and a note is logged at default verbosity; a caller that
+// knows a real driver is in use (NVML loaded) should treat Empty as the
 // misconfiguration it is. Only unexpected I/O errors, such as a directory
 // that cannot be read, are returned, wrapping ErrDriverFiles.
 func FindDriverFiles(ctx context.Context, driverRoot string) (DriverFiles, error) {
@@ -119,13 +137,18 @@ func FindDriverFiles(ctx context.Context, driverRoot string) (DriverFiles, error
 func findDriverFiles(ctx context.Context, root, goarch string) (DriverFiles, error) {
 	logger := klog.FromContext(ctx).WithValues("driverRoot", root)
 	files := DriverFiles{Root: root}
+	skip := func(err error) {
+		err = fmt.Errorf("%w: %w", ErrDriverFileSkipped, err)
+		logger.Info("Not mounting a driver file into containers", "reason", err)
+		files.Skipped = append(files.Skipped, err)
+	}
 
-	libs, err := findLibraries(logger, root, goarch)
+	libs, err := findLibraries(logger, root, goarch, skip)
 	if err != nil {
 		return DriverFiles{Root: root}, err
 	}
 	files.Libraries = libs
-	tools, err := findTools(logger, root)
+	tools, err := findTools(root, skip)
 	if err != nil {
 		return DriverFiles{Root: root}, err
 	}
@@ -138,7 +161,7 @@ func findDriverFiles(ctx context.Context, root, goarch string) (DriverFiles, err
 		logger.Info("No NVIDIA driver libraries or tools found under the driver root: containers will get device nodes only; "+
 			"check --driver-root", "libraryDirs", gpu.DriverLibraryDirs, "toolDirs", gpu.DriverToolDirs)
 	} else {
-		logger.V(2).Info("Found driver files", "libraries", len(files.Libraries), "tools", len(files.Tools))
+		logger.V(2).Info("Found driver files", "libraries", len(files.Libraries), "tools", len(files.Tools), "skipped", len(files.Skipped))
 	}
 	return files, nil
 }
@@ -152,22 +175,18 @@ type libraryCandidate struct {
 	version []int    // numeric suffix of the file name, for choosing among copies
 }
 
-func findLibraries(logger klog.Logger, root, goarch string) ([]DriverFile, error) {
+func findLibraries(logger klog.Logger, root, goarch string, skip func(error)) ([]DriverFile, error) {
+	dirs, err := gpu.ResolveDirs(root, gpu.DriverLibraryDirs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDriverFiles, err)
+	}
+	// Container paths may be in the directories as the host names them
+	// (the soname directories are among them) or as they resolve.
+	containerDirs := slices.Concat(gpu.DriverLibraryDirs, dirs)
 	bySource := map[string]*libraryCandidate{}
+	rejected := map[string]bool{} // sources already explained in Skipped
 	var order []string
-	seenDirs := map[string]bool{}
-	for _, dir := range gpu.DriverLibraryDirs {
-		resolved, err := gpu.ResolveInRoot(root, dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrDriverFiles, dir, err)
-		}
-		if seenDirs[resolved] {
-			continue
-		}
-		seenDirs[resolved] = true
+	for _, resolved := range dirs {
 		entries, err := os.ReadDir(filepath.Join(root, resolved))
 		switch {
 		case err == nil:
@@ -177,35 +196,57 @@ func findLibraries(logger klog.Logger, root, goarch string) ([]DriverFile, error
 			return nil, fmt.Errorf("%w: %w", ErrDriverFiles, err)
 		}
 		for _, e := range entries {
-			lib := matchLibrary(e.Name())
-			if lib == "" {
+			if matchLibrary(e.Name()) == "" {
 				continue
 			}
 			rel := path.Join(resolved, e.Name())
 			source, err := gpu.ResolveInRoot(root, rel)
 			if err != nil {
-				logger.V(2).Info("Skipping unresolvable driver library", "path", rel, "err", err)
+				skip(fmt.Errorf("library %s: cannot resolve inside the driver root: %w", rel, err))
 				continue
 			}
-			if fi, err := os.Stat(filepath.Join(root, source)); err != nil || !fi.Mode().IsRegular() {
-				continue
-			}
-			c, ok := bySource[source]
-			if !ok {
-				c = &libraryCandidate{source: source, name: lib, version: versionOf(path.Base(source))}
-				soname, ok := elfSoname(filepath.Join(root, source), goarch)
-				if !ok {
-					logger.V(4).Info("Skipping driver library for another architecture", "path", source)
-					bySource[source] = nil
-					continue
+			if c, seen := bySource[source]; seen {
+				if c != nil && e.Type()&fs.ModeSymlink != 0 && path.Dir(rel) == path.Dir(source) {
+					c.links = append(c.links, e.Name())
 				}
-				c.soname = soname
-				bySource[source] = c
-				order = append(order, source)
-			}
-			if c == nil {
 				continue
 			}
+			if rejected[source] {
+				continue
+			}
+			// Not cached as rejected: every link that leads astray is named.
+			if !slices.Contains(dirs, path.Dir(source)) {
+				skip(fmt.Errorf("library %s resolves to /%s, outside the driver's library directories", rel, source))
+				continue
+			}
+			// The real file is mounted at its own path too: libcuda.so.1 ->
+			// libc.so.6 would put the host's libc over the image's.
+			lib := matchLibrary(path.Base(source))
+			if lib == "" {
+				skip(fmt.Errorf("library %s resolves to /%s, which is not a driver library", rel, source))
+				continue
+			}
+			soname, otherArch, err := inspectLibrary(filepath.Join(root, filepath.FromSlash(source)), goarch)
+			if err != nil {
+				rejected[source] = true
+				skip(fmt.Errorf("library %s (/%s): %w", rel, source, err))
+				continue
+			}
+			if otherArch {
+				// A 32-bit copy, as RHEL keeps in /usr/lib: a real library,
+				// only not for this machine.
+				logger.V(4).Info("Skipping driver library for another architecture", "path", source)
+				bySource[source] = nil
+				continue
+			}
+			c := &libraryCandidate{source: source, name: lib, version: versionOf(path.Base(source))}
+			if soname != "" && (matchLibrary(soname) != lib || strings.Contains(soname, "/")) {
+				skip(fmt.Errorf("library %s (/%s): soname %q is not a %s.so.* file name: mounted under its own names only", rel, source, soname, lib))
+				soname = ""
+			}
+			c.soname = soname
+			bySource[source] = c
+			order = append(order, source)
 			if e.Type()&fs.ModeSymlink != 0 && path.Dir(rel) == path.Dir(source) {
 				c.links = append(c.links, e.Name())
 			}
@@ -256,6 +297,13 @@ func findLibraries(logger klog.Logger, root, goarch string) ([]DriverFile, error
 	}
 	paths := map[string][]string{}
 	for p, cl := range claims {
+		// Guaranteed by the checks above; kept as the last line of
+		// defence, because a mount at any other path could shadow one of
+		// the image's own files.
+		if !slices.Contains(containerDirs, path.Dir(p)[1:]) || matchLibrary(path.Base(p)) != cl.c.name {
+			skip(fmt.Errorf("library /%s: container path %s is outside the library directories", cl.c.source, p))
+			continue
+		}
 		paths[cl.c.source] = append(paths[cl.c.source], p)
 	}
 	var out []DriverFile
@@ -320,43 +368,99 @@ func versionOf(name string) []int {
 	return v
 }
 
-// elfSoname reads a library's DT_SONAME. ok is false only for an ELF file
-// built for another machine (the 32-bit copies RHEL keeps in /usr/lib); a file
-// that is not ELF at all is accepted with no soname.
-func elfSoname(file, goarch string) (soname string, ok bool) {
-	f, err := elf.Open(file)
+// inspectLibrary checks that file is a regular file and an ELF shared
+// object (ET_DYN) and reads its DT_SONAME ("" when it has none). otherArch
+// reports an ELF file built for another machine (the 32-bit copies RHEL
+// keeps in /usr/lib). Only the ELF header and the dynamic section are read.
+// The file is opened without following a symlink or blocking on a FIFO, so
+// a file swapped since it was resolved is refused rather than trusted.
+func inspectLibrary(file, goarch string) (soname string, otherArch bool, err error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return "", true
+		return "", false, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", false, fmt.Errorf("not a regular file (%s)", fileType(fi.Mode()))
+	}
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return "", false, fmt.Errorf("not an ELF shared object: %w", err)
+	}
+	if ef.Type != elf.ET_DYN {
+		return "", false, fmt.Errorf("not an ELF shared object: type %s", ef.Type)
+	}
 	want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[goarch]
-	if want != elf.EM_NONE && f.Machine != want {
-		return "", false
+	if want != elf.EM_NONE && ef.Machine != want {
+		return "", true, nil
 	}
-	names, err := f.DynString(elf.DT_SONAME)
+	names, err := ef.DynString(elf.DT_SONAME)
 	if err != nil || len(names) == 0 {
-		return "", true
+		return "", false, nil
 	}
-	return names[0], true
+	return names[0], false, nil
 }
 
-func findTools(logger klog.Logger, root string) ([]DriverFile, error) {
+// fileType names the type of a file that is not regular, for messages.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return m.Type().String()
+}
+
+// findTools finds each tool in the first tool directory that has it. A
+// tool that is missing there is looked for in the next directory; one that
+// is present but unusable is skipped with its reason, and the next
+// directory is tried too.
+func findTools(root string, skip func(error)) ([]DriverFile, error) {
+	dirs, err := gpu.ResolveDirs(root, gpu.DriverToolDirs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDriverFiles, err)
+	}
 	var out []DriverFile
 	for _, name := range driverTools {
-		for _, dir := range gpu.DriverToolDirs {
+		for _, dir := range dirs {
 			rel := path.Join(dir, name)
+			if _, err := os.Lstat(filepath.Join(root, filepath.FromSlash(rel))); errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
 			source, err := gpu.ResolveInRoot(root, rel)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
 			if err != nil {
-				logger.V(2).Info("Skipping unresolvable driver tool", "path", rel, "err", err)
+				skip(fmt.Errorf("tool %s: cannot resolve inside the driver root: %w", rel, err))
 				continue
 			}
-			fi, err := os.Stat(filepath.Join(root, source))
-			if err != nil || !fi.Mode().IsRegular() {
+			if !slices.Contains(dirs, path.Dir(source)) {
+				skip(fmt.Errorf("tool %s resolves to /%s, outside the driver's tool directories", rel, source))
 				continue
 			}
+			fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(source)))
+			switch {
+			case err != nil:
+				skip(fmt.Errorf("tool %s (/%s): %w", rel, source, err))
+				continue
+			case !fi.Mode().IsRegular():
+				skip(fmt.Errorf("tool %s (/%s): not a regular file (%s)", rel, source, fileType(fi.Mode())))
+				continue
+			case fi.Mode().Perm()&0o111 == 0:
+				skip(fmt.Errorf("tool %s (/%s): not executable (mode %s)", rel, source, fi.Mode().Perm()))
+				continue
+			}
+			// /usr/bin is the first tool directory: the container path is
+			// always inside them.
 			out = append(out, DriverFile{Source: source, Paths: []string{"/usr/bin/" + name}})
 			break
 		}

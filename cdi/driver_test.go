@@ -1,10 +1,12 @@
 package cdi
 
 import (
+	"debug/elf"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -43,7 +45,7 @@ func TestFindDriverFiles(t *testing.T) {
 		},
 		"rhel layout, absolute soname link stays inside the root": {
 			files: tree{
-				"usr/lib64/libcuda.so.550.54.15": "fake",
+				"usr/lib64/libcuda.so.550.54.15": so("fake"),
 				"usr/lib64/libcuda.so.1":         "->/usr/lib64/libcuda.so.550.54.15",
 				"lib64":                          "->usr/lib64",
 				"bin":                            "->usr/bin",
@@ -59,8 +61,8 @@ func TestFindDriverFiles(t *testing.T) {
 		},
 		"two versions: the host's soname link decides": {
 			files: tree{
-				"usr/lib64/libcuda.so.535.104.05": "old",
-				"usr/lib64/libcuda.so.550.54.15":  "new",
+				"usr/lib64/libcuda.so.535.104.05": so("old"),
+				"usr/lib64/libcuda.so.550.54.15":  so("new"),
 				"usr/lib64/libcuda.so.1":          "->libcuda.so.535.104.05",
 			},
 			wantLibs: []DriverFile{
@@ -80,9 +82,9 @@ func TestFindDriverFiles(t *testing.T) {
 		},
 		"gke layout under /usr/local/nvidia": {
 			files: tree{
-				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      "fake libcuda",
+				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      so("fake libcuda"),
 				"usr/local/nvidia/lib64/libcuda.so.1":              "->libcuda.so.550.54.15",
-				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": "fake nvml",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": so("fake nvml"),
 				"usr/local/nvidia/lib64/libnvidia-ml.so.1":         "->libnvidia-ml.so.550.54.15",
 				"usr/local/nvidia/bin/nvidia-smi":                  "fake nvidia-smi",
 			},
@@ -93,9 +95,9 @@ func TestFindDriverFiles(t *testing.T) {
 			// Our H100 test machine: NVML is reachable through /lib, libcuda
 			// only in /usr/local/nvidia/lib64.
 			files: tree{
-				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      "fake libcuda",
+				"usr/local/nvidia/lib64/libcuda.so.550.54.15":      so("fake libcuda"),
 				"usr/local/nvidia/lib64/libcuda.so.1":              "->libcuda.so.550.54.15",
-				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": "fake nvml",
+				"usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15": so("fake nvml"),
 				"usr/local/nvidia/lib64/libnvidia-ml.so.1":         "->libnvidia-ml.so.550.54.15",
 				"lib/libnvidia-ml.so.1":                            "->/usr/local/nvidia/lib64/libnvidia-ml.so.550.54.15",
 				"usr/bin/nvidia-smi":                               "fake nvidia-smi",
@@ -105,7 +107,7 @@ func TestFindDriverFiles(t *testing.T) {
 		},
 		"debian alternatives into nvidia/current": {
 			files: tree{
-				"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.550.54.15": "fake libcuda",
+				"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.550.54.15": so("fake libcuda"),
 				"usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1":         "->libcuda.so.550.54.15",
 				"usr/lib/x86_64-linux-gnu/libcuda.so.1":                        "->/etc/alternatives/libcuda.so.1-x86_64-linux-gnu",
 				"etc/alternatives/libcuda.so.1-x86_64-linux-gnu":               "->/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1",
@@ -142,6 +144,133 @@ func TestFindDriverFiles(t *testing.T) {
 	}
 }
 
+// TestFindDriverFilesRefusesUnsafeFiles builds driver roots whose files
+// with driver names are links to other host files, not shared objects, not
+// regular files or not executable. None may be mounted (each would land in
+// every GPU container, at a path the link chose), each is named in Skipped
+// with its reason, and the driver's good files are still mounted.
+func TestFindDriverFilesRefusesUnsafeFiles(t *testing.T) {
+	good := tree{
+		"usr/lib64/libnvidia-ml.so.550.54.15": so("nvml"),
+		"usr/lib64/libnvidia-ml.so.1":         "->libnvidia-ml.so.550.54.15",
+	}
+	goodLibs := []DriverFile{{Source: "usr/lib64/libnvidia-ml.so.550.54.15", Paths: []string{
+		"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+		"/usr/lib64/libnvidia-ml.so.1",
+		"/usr/lib64/libnvidia-ml.so.550.54.15",
+	}}}
+	tests := map[string]struct {
+		files     tree
+		setup     func(t *testing.T, root string)
+		wantTools []DriverFile
+		// wantSkipped are substrings of the one Skipped message.
+		wantSkipped []string
+	}{
+		"library linked to /etc/ld.so.preload": {
+			files: tree{
+				"etc/ld.so.preload": "/tmp/evil.so\n",
+				"usr/lib/x86_64-linux-gnu/libnvidia-allocator.so.1": "->/etc/ld.so.preload",
+			},
+			wantSkipped: []string{"library usr/lib/x86_64-linux-gnu/libnvidia-allocator.so.1 resolves to /etc/ld.so.preload, outside"},
+		},
+		"library linked to /etc/passwd": {
+			files: tree{
+				"etc/passwd":             "root:x:0:0:root:/root:/bin/sh\n",
+				"usr/lib64/libcuda.so.1": "->/etc/passwd",
+			},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 resolves to /etc/passwd, outside"},
+		},
+		"relative link climbing to /etc/ld.so.preload": {
+			files: tree{
+				"etc/ld.so.preload":                           "/tmp/evil.so\n",
+				"usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1": "->../../../../../etc/ld.so.preload",
+			},
+			wantSkipped: []string{"library usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1 resolves to /etc/ld.so.preload, outside"},
+		},
+		"shared object outside the library directories": {
+			files: tree{
+				"opt/evil/libcuda.so.1":  so("evil"),
+				"usr/lib64/libcuda.so.1": "->/opt/evil/libcuda.so.1",
+			},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 resolves to /opt/evil/libcuda.so.1, outside"},
+		},
+		"library linked to the host's libc": {
+			files: tree{
+				"usr/lib/x86_64-linux-gnu/libc.so.6":          so("host libc"),
+				"usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1": "->libc.so.6",
+			},
+			wantSkipped: []string{"library usr/lib/x86_64-linux-gnu/libnvidia-cfg.so.1 resolves to /usr/lib/x86_64-linux-gnu/libc.so.6, which is not a driver library"},
+		},
+		"regular file named libcuda.so.1 that is not ELF": {
+			files:       tree{"usr/lib64/libcuda.so.1": "#!/bin/sh\n"},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 (/usr/lib64/libcuda.so.1): not an ELF shared object"},
+		},
+		"ELF executable, not a shared object": {
+			files: tree{"usr/lib64/libcuda.so.1": func() string {
+				b := []byte(so("exec"))
+				b[16] = byte(elf.ET_EXEC)
+				return string(b)
+			}()},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 (/usr/lib64/libcuda.so.1): not an ELF shared object: type ET_EXEC"},
+		},
+		"directory named like a library": {
+			setup: func(t *testing.T, root string) {
+				require.NoError(t, os.MkdirAll(filepath.Join(root, "usr/lib64/libcuda.so.1"), 0o755))
+			},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 (/usr/lib64/libcuda.so.1): not a regular file (a directory)"},
+		},
+		"FIFO named like a library": {
+			setup: func(t *testing.T, root string) {
+				require.NoError(t, syscall.Mkfifo(filepath.Join(root, "usr/lib64/libcuda.so.1"), 0o644))
+			},
+			wantSkipped: []string{"library usr/lib64/libcuda.so.1 (/usr/lib64/libcuda.so.1): not a regular file (a FIFO)"},
+		},
+		"tool that is not executable": {
+			setup: func(t *testing.T, root string) {
+				p := filepath.Join(root, "usr/bin/nvidia-smi")
+				require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+				require.NoError(t, os.WriteFile(p, []byte("fake nvidia-smi"), 0o644))
+			},
+			wantSkipped: []string{"tool usr/bin/nvidia-smi (/usr/bin/nvidia-smi): not executable (mode -rw-r--r--)"},
+		},
+		"tool linked to /etc/shadow": {
+			files: tree{
+				"etc/shadow":         "root:$6$secret:19000::::::\n",
+				"usr/bin/nvidia-smi": "->/etc/shadow",
+			},
+			wantSkipped: []string{"tool usr/bin/nvidia-smi resolves to /etc/shadow, outside the driver's tool directories"},
+		},
+		"tool that is a directory, the next tool directory's copy is used": {
+			files: tree{"usr/local/nvidia/bin/nvidia-smi": "fake nvidia-smi"},
+			setup: func(t *testing.T, root string) {
+				require.NoError(t, os.MkdirAll(filepath.Join(root, "usr/bin/nvidia-smi"), 0o755))
+			},
+			wantTools:   []DriverFile{{Source: "usr/local/nvidia/bin/nvidia-smi", Paths: []string{"/usr/bin/nvidia-smi"}}},
+			wantSkipped: []string{"tool usr/bin/nvidia-smi (/usr/bin/nvidia-smi): not a regular file (a directory)"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			root := t.TempDir()
+			makeTree(t, root, good)
+			makeTree(t, root, tc.files)
+			if tc.setup != nil {
+				tc.setup(t, root)
+			}
+			got, err := findDriverFiles(ctx, root, "amd64")
+			require.NoError(t, err)
+			require.Equal(t, goodLibs, got.Libraries)
+			require.Equal(t, tc.wantTools, got.Tools)
+			require.Len(t, got.Skipped, len(tc.wantSkipped), "%v", got.Skipped)
+			for i, want := range tc.wantSkipped {
+				require.ErrorIs(t, got.Skipped[i], ErrDriverFileSkipped)
+				require.ErrorContains(t, got.Skipped[i], want)
+			}
+		})
+	}
+}
+
 // gkeLibs are the libraries of the GKE-style fake driver in
 // usr/local/nvidia/lib64: each soname also lands in the standard directories.
 var gkeLibs = []DriverFile{
@@ -166,7 +295,7 @@ var gkeLibs = []DriverFile{
 func TestFindDriverFilesStaysInRoot(t *testing.T) {
 	outside := t.TempDir()
 	makeTree(t, outside, tree{
-		"lib64/libcuda.so.550.54.15": "outside libcuda",
+		"lib64/libcuda.so.550.54.15": so("outside libcuda"),
 		"lib64/libcuda.so.1":         "->libcuda.so.550.54.15",
 		"bin/nvidia-smi":             "outside nvidia-smi",
 	})
@@ -187,8 +316,8 @@ func TestFindDriverFilesStaysInRoot(t *testing.T) {
 }
 
 // TestFindDriverFilesELF builds real shared objects so that the soname
-// comes from DT_SONAME (no symlink on disk) and a 32-bit copy, as RHEL keeps
-// in /usr/lib, is skipped.
+// comes from DT_SONAME (no symlink on disk), a 32-bit copy, as RHEL keeps
+// in /usr/lib, is skipped and a soname that is a path is refused.
 func TestFindDriverFilesELF(t *testing.T) {
 	if _, err := exec.LookPath("gcc"); err != nil {
 		t.Skip("gcc not found: cannot build test shared objects")
@@ -196,23 +325,32 @@ func TestFindDriverFilesELF(t *testing.T) {
 	root := t.TempDir()
 	src := filepath.Join(t.TempDir(), "x.c")
 	require.NoError(t, os.WriteFile(src, []byte("int nvml_fake(void) { return 0; }\n"), 0o644))
-	build := func(out string, args ...string) error {
+	build := func(out, soname string, args ...string) error {
 		p := filepath.Join(root, out)
 		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
-		return exec.Command("gcc", append([]string{"-shared", "-fPIC", "-nostdlib", "-Wl,-soname,libnvidia-ml.so.1", "-o", p, src}, args...)...).Run()
+		return exec.Command("gcc", append([]string{"-shared", "-fPIC", "-nostdlib", "-Wl,-soname," + soname, "-o", p, src}, args...)...).Run()
 	}
-	require.NoError(t, build("usr/lib64/libnvidia-ml.so.550.54.15"))
-	has32 := build("usr/lib/libnvidia-ml.so.550.54.15", "-m32") == nil
+	require.NoError(t, build("usr/lib64/libnvidia-ml.so.550.54.15", "libnvidia-ml.so.1"))
+	has32 := build("usr/lib/libnvidia-ml.so.550.54.15", "libnvidia-ml.so.1", "-m32") == nil
+	// A soname is a name in the library's directory, never a path: this
+	// one would put libcuda over /etc/ld.so.preload in the container.
+	require.NoError(t, build("usr/lib64/libcuda.so.550.54.15", "../../../etc/ld.so.preload"))
 
 	_, ctx := ktesting.NewTestContext(t)
 	got, err := findDriverFiles(ctx, root, "amd64")
 	require.NoError(t, err)
-	want := []DriverFile{{Source: "usr/lib64/libnvidia-ml.so.550.54.15", Paths: []string{
-		"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
-		"/usr/lib64/libnvidia-ml.so.1",
-		"/usr/lib64/libnvidia-ml.so.550.54.15",
-	}}}
+	want := []DriverFile{
+		{Source: "usr/lib64/libcuda.so.550.54.15", Paths: []string{"/usr/lib64/libcuda.so.550.54.15"}},
+		{Source: "usr/lib64/libnvidia-ml.so.550.54.15", Paths: []string{
+			"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+			"/usr/lib64/libnvidia-ml.so.1",
+			"/usr/lib64/libnvidia-ml.so.550.54.15",
+		}},
+	}
 	require.Equal(t, want, got.Libraries)
+	require.Len(t, got.Skipped, 1)
+	require.ErrorIs(t, got.Skipped[0], ErrDriverFileSkipped)
+	require.ErrorContains(t, got.Skipped[0], `libcuda.so.550.54.15): soname "../../../etc/ld.so.preload" is not a libcuda.so.* file name`)
 	if !has32 {
 		t.Log("gcc -m32 unavailable: 32-bit skip not exercised")
 	}

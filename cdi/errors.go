@@ -21,3 +21,7 @@ var ErrUnknownStrategy = errors.New("unknown device list strategy")
 // ErrDriverFiles wraps unexpected I/O errors while searching the driver root
 // (a missing file or directory is never one of them).
 var ErrDriverFiles = errors.New("cannot search driver files")
+
+// ErrDriverFileSkipped is wrapped by the reason a file with a driver
+// library's or tool's name is not mounted (see DriverFiles.Skipped).
+var ErrDriverFileSkipped = errors.New("driver file not mounted")

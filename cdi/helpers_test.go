@@ -1,6 +1,7 @@
 package cdi
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -93,14 +94,32 @@ func makeTree(t *testing.T, root string, files tree) {
 // debianDriver is a fake driver install as Debian/Ubuntu packages lay it out,
 // on a merged-/usr host whose /lib is an absolute symlink.
 var debianDriver = tree{
-	"usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15":                  "fake libcuda",
+	"usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15":                  so("fake libcuda"),
 	"usr/lib/x86_64-linux-gnu/libcuda.so.1":                          "->libcuda.so.550.54.15",
 	"usr/lib/x86_64-linux-gnu/libcuda.so":                            "->libcuda.so.1",
-	"usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54.15":             "fake nvml",
+	"usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54.15":             so("fake nvml"),
 	"usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1":                     "->libnvidia-ml.so.550.54.15",
-	"usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.550.54.15": "fake ptxjit",
+	"usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.550.54.15": so("fake ptxjit"),
 	"usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.1":         "->libnvidia-ptxjitcompiler.so.550.54.15",
 	"usr/lib/x86_64-linux-gnu/libc.so.6":                             "not ours",
 	"lib":                                                            "->/usr/lib",
 	"usr/bin/nvidia-smi":                                             "fake nvidia-smi",
+}
+
+// so returns the content of a minimal x86-64 ELF shared object: a 64-byte
+// ELF header of type ET_DYN with no sections or segments, followed by
+// marker, which a test can look for in a container. The driver search only
+// mounts ELF shared objects as libraries.
+func so(marker string) string {
+	h := make([]byte, 64)
+	copy(h, "\x7fELF")
+	h[4], h[5], h[6] = 2, 1, 1 // ELFCLASS64, little-endian, EV_CURRENT
+	le := binary.LittleEndian
+	le.PutUint16(h[16:], 3)  // e_type ET_DYN
+	le.PutUint16(h[18:], 62) // e_machine EM_X86_64
+	le.PutUint32(h[20:], 1)  // e_version
+	le.PutUint16(h[52:], 64) // e_ehsize
+	le.PutUint16(h[54:], 56) // e_phentsize
+	le.PutUint16(h[58:], 64) // e_shentsize
+	return string(h) + marker
 }

@@ -1,7 +1,11 @@
 package cdi
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -12,6 +16,8 @@ import (
 	"k8s.io/klog/v2/ktesting"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpublocks/gpublocks/internal/atomicfile"
 )
 
 func loadCache(t *testing.T, dir string) *cdiapi.Cache {
@@ -137,4 +143,189 @@ func inode(t *testing.T, path string) uint64 {
 	fi, err := os.Stat(path)
 	require.NoError(t, err)
 	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// TestWriterHeals removes or spoils the spec behind the writer's back and
+// waits until Heal has put back the last spec written, mode 0644.
+func TestWriterHeals(t *testing.T) {
+	tests := map[string]func(t *testing.T, dir, path string){
+		"file deleted": func(t *testing.T, _, path string) {
+			require.NoError(t, os.Remove(path))
+		},
+		"directory deleted": func(t *testing.T, dir, _ string) {
+			// rm -rf races with the healer: a spec restored between the
+			// unlink and the rmdir makes the rmdir fail, so try again.
+			require.Eventually(t, func() bool { return os.RemoveAll(dir) == nil }, 30*time.Second, time.Millisecond)
+		},
+		"directory moved away": func(t *testing.T, dir, _ string) {
+			require.NoError(t, os.Rename(dir, filepath.Join(t.TempDir(), "moved")))
+		},
+		"replaced with other content": func(t *testing.T, dir, path string) {
+			other := filepath.Join(dir, "other")
+			require.NoError(t, os.WriteFile(other, []byte("---\nkind: x\n"), 0o644))
+			require.NoError(t, os.Rename(other, path))
+		},
+		"edited in place": func(t *testing.T, _, path string) {
+			require.NoError(t, os.WriteFile(path, []byte("---\n"), 0o644))
+		},
+		"made unreadable": func(t *testing.T, _, path string) {
+			require.NoError(t, os.Chmod(path, 0o600))
+		},
+	}
+	for name, spoil := range tests {
+		t.Run(name, func(t *testing.T) {
+			spec, _, _ := buildTestSpec(t)
+			_, ctx := ktesting.NewTestContext(t)
+			dir := filepath.Join(t.TempDir(), "cdi")
+			w, err := NewWriter(dir, DefaultKind)
+			require.NoError(t, err)
+			_, err = w.Write(ctx, spec)
+			require.NoError(t, err)
+			want, err := os.ReadFile(w.Path())
+			require.NoError(t, err)
+			startHeal(t, ctx, w)
+
+			for range 3 { // again and again, not once
+				spoil(t, dir, w.Path())
+				waitForSpec(t, w.Path(), want)
+			}
+			require.Equal(t, []string{DefaultKind.SpecFileName()}, dirNames(t, dir))
+		})
+	}
+}
+
+// TestWriterHealsLatestSpec checks that Heal restores the last spec
+// written, not the first, and nothing once the spec was removed for want of
+// devices.
+func TestWriterHealsLatestSpec(t *testing.T) {
+	spec, _, _ := buildTestSpec(t)
+	_, ctx := ktesting.NewTestContext(t)
+	dir := t.TempDir()
+	w, err := NewWriter(dir, DefaultKind)
+	require.NoError(t, err)
+	startHeal(t, ctx, w) // before the first write: nothing to restore yet
+	_, err = w.Write(ctx, spec)
+	require.NoError(t, err)
+
+	smaller := *spec
+	smaller.Devices = spec.Devices[:1]
+	_, err = w.Write(ctx, &smaller)
+	require.NoError(t, err)
+	want, err := Marshal(&smaller)
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(w.Path()))
+	waitForSpec(t, w.Path(), want)
+
+	// Removed for want of devices, or by Remove: Heal's check (repair)
+	// must not bring it back.
+	empty := *spec
+	empty.Devices = nil
+	_, err = w.Write(ctx, &empty)
+	require.NoError(t, err)
+	require.NoError(t, w.repair(ctx))
+	require.NoFileExists(t, w.Path())
+	_, err = w.Write(ctx, spec)
+	require.NoError(t, err)
+	require.NoError(t, w.Remove(ctx))
+	require.NoError(t, w.repair(ctx))
+	require.NoFileExists(t, w.Path())
+}
+
+func startHeal(t *testing.T, ctx context.Context, w *Writer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Heal(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// waitForSpec waits until path holds want with mode 0644.
+func waitForSpec(t *testing.T, path string, want []byte) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != SpecFileMode {
+			return false
+		}
+		got, err := os.ReadFile(path)
+		return err == nil && bytes.Equal(got, want)
+	}, 30*time.Second, 5*time.Millisecond, "spec not restored")
+}
+
+// TestWriterFullFilesystem writes a spec in a child process whose file size
+// limit (RLIMIT_FSIZE) stops the write half-way, as a full filesystem does,
+// several times: every attempt fails with ErrWriteSpec, the old spec stays
+// whole and no temporary file is left behind. A stray temporary file of an
+// earlier, killed run is removed by the first write; other files are not.
+func TestWriterFullFilesystem(t *testing.T) {
+	if dir := os.Getenv("GPUBLOCKS_TEST_FSIZE_DIR"); dir != "" {
+		writeWithFileSizeLimit(t, dir)
+		return
+	}
+	spec, _, _ := buildTestSpec(t)
+	_, ctx := ktesting.NewTestContext(t)
+	dir := t.TempDir()
+	w, err := NewWriter(dir, DefaultKind)
+	require.NoError(t, err)
+	smaller := *spec
+	smaller.Devices = spec.Devices[:1]
+	_, err = w.Write(ctx, &smaller)
+	require.NoError(t, err)
+	old, err := os.ReadFile(w.Path())
+	require.NoError(t, err)
+	stray := filepath.Join(dir, atomicfile.TempPrefix+DefaultKind.SpecFileName()+".12345")
+	require.NoError(t, os.WriteFile(stray, old[:10], 0o600))
+	others := []string{"spec.4242.tmp", "nvidia.com-gpu.yaml"}
+	for _, n := range others {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, n), nil, 0o644))
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestWriterFullFilesystem$", "-test.v")
+	cmd.Env = append(os.Environ(), "GPUBLOCKS_TEST_FSIZE_DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "3 writes failed", "%s", out)
+
+	got, err := os.ReadFile(w.Path())
+	require.NoError(t, err)
+	require.Equal(t, old, got, "old spec kept whole")
+	require.ElementsMatch(t, append(others, DefaultKind.SpecFileName()), dirNames(t, dir),
+		"no temporary file of ours left, nobody else's removed")
+}
+
+// writeWithFileSizeLimit is TestWriterFullFilesystem's child. Go ignores
+// SIGXFSZ, so a write past the limit fails with EFBIG.
+func writeWithFileSizeLimit(t *testing.T, dir string) {
+	spec, _, _ := buildTestSpec(t)
+	data, err := Marshal(spec)
+	require.NoError(t, err)
+	limit := uint64(len(data) / 2)
+	require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: limit}))
+	_, ctx := ktesting.NewTestContext(t)
+	w, err := NewWriter(dir, DefaultKind)
+	require.NoError(t, err)
+	for range 3 {
+		_, err := w.Write(ctx, spec)
+		require.ErrorIs(t, err, ErrWriteSpec)
+		require.ErrorIs(t, err, syscall.EFBIG)
+	}
+	fmt.Println("3 writes failed")
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	slices.Sort(out)
+	return out
 }

@@ -53,11 +53,11 @@ type Config struct {
 	Version            string   `json:"version"`
 	ResourceDomain     string   `json:"resourceDomain"`
 	MigStrategy        string   `json:"migStrategy"`
-	DeviceListStrategy []string `json:"deviceListStrategy"`
+	DeviceListStrategy []string `json:"deviceListStrategy" maxItems:"3"`
 	Blocks             Blocks   `json:"blocks"`
 	Health             Health   `json:"health"`
 	// GPUs are shape rules; the first matching rule wins, no match = whole.
-	GPUs []Rule `json:"gpus"`
+	GPUs []Rule `json:"gpus" maxItems:"256"`
 }
 
 // Blocks configures the blocks shape.
@@ -70,7 +70,7 @@ type Blocks struct {
 type Health struct {
 	// IgnoredXids are XIDs that never mark a device unhealthy (application
 	// errors rather than GPU faults).
-	IgnoredXids []uint64 `json:"ignoredXids"`
+	IgnoredXids []uint64 `json:"ignoredXids" maxItems:"256"`
 	// QuietPeriod is how long a faulted GPU must stay quiet (and pass a probe)
 	// before its devices are healthy again.
 	QuietPeriod Duration `json:"quietPeriod"`
@@ -86,8 +86,8 @@ type Rule struct {
 
 // Match selects GPUs. Exactly one field is set.
 type Match struct {
-	Index []int    `json:"index,omitempty"`
-	UUID  []string `json:"uuid,omitempty"`
+	Index []int    `json:"index,omitempty" maxItems:"1024"`
+	UUID  []string `json:"uuid,omitempty" maxItems:"1024"`
 	// Model is a shell glob (path.Match) over the NVML product name, e.g.
 	// "*H100*".
 	Model string `json:"model,omitempty"`
@@ -259,6 +259,9 @@ func (c *Config) Validate() error {
 				bad("%s.match.index[%d]: %d is negative", p, j, idx)
 			}
 		}
+	}
+	if len(errs) > maxReported {
+		errs = append(errs[:maxReported], fmt.Errorf("and %d more problems", len(errs)-maxReported))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))

@@ -3,12 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // DefaultName is the config a node uses when its label names none.
@@ -69,9 +71,15 @@ func Load(path, label string) (*Config, Source, error) {
 	return set.Pick(label)
 }
 
-// LoadFile parses one config file.
+// MaxFileSize is the most a config file may hold: what one ConfigMap can
+// hold in all. Anything bigger is a mistake, and reading it whole (a
+// symlink to /dev/zero never ends) would cost the node its memory.
+const MaxFileSize = 1 << 20
+
+// LoadFile parses one config file: a regular file (or a symlink to one) of
+// at most MaxFileSize bytes.
 func LoadFile(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -82,11 +90,68 @@ func LoadFile(path string) (*Config, error) {
 	return c, nil
 }
 
+// readFile reads a config file without ever blocking or reading without
+// end: only a regular file is opened (a named pipe would block the open
+// until some writer comes, a device may never end), non-blocking so that
+// one swapped in after the check cannot block either, and checked again
+// once open.
+func readFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err // names the path: "stat …: too many levels of symbolic links"
+	}
+	if err := checkRegular(path, st); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	if st, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if err := checkRegular(path, st); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s holds more than %d bytes (1 MiB, the most a ConfigMap can hold); shorten it or split it into several named configs", path, MaxFileSize)
+	}
+	return data, nil
+}
+
+// checkRegular refuses anything but a regular file, naming what it is.
+func checkRegular(path string, st fs.FileInfo) error {
+	m := st.Mode()
+	if m.IsRegular() {
+		return nil
+	}
+	what := "not a regular file"
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case m&fs.ModeDevice != 0:
+		what = "a block device"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	case m.IsDir():
+		what = "a directory"
+	}
+	return fmt.Errorf("%s is %s; a config must be a regular file (or a symlink to one) of at most 1 MiB", path, what)
+}
+
 // LoadDir parses every config in a directory. Hidden entries (the
 // ConfigMap volume's "..data" machinery) are skipped; "name.yaml",
 // "name.yml" and "name" all define config "name". A bad config is recorded
 // in Errors under its name; only an unreadable directory, or one with no
-// config at all, is an error here.
+// config at all, is an error here. A key that cannot be read (a broken
+// symlink, a symlink loop, a named pipe) is a bad config with its own error.
 func LoadDir(dir string) (*Set, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -100,18 +165,25 @@ func LoadDir(dir string) (*Set, error) {
 		p := filepath.Join(dir, e.Name())
 		name := strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".yaml"), ".yml")
 		st, err := os.Stat(p) // follow the ConfigMap's symlinks
-		if err != nil || st.IsDir() {
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				set.Errors[name] = fmt.Errorf("%w: %s: %w", ErrInvalid, p, err)
-			}
-			continue
+		if err == nil && st.IsDir() {
+			continue // a subdirectory holds no config of this set
 		}
-		if prev, dup := set.Files[name]; dup || set.Errors[name] != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, lerr := os.Lstat(p); errors.Is(lerr, fs.ErrNotExist) {
+				continue // removed since the listing
+			}
+			// else a symlink to nothing: a key whose file is missing
+		}
+		if prev, dup := set.Files[name]; dup {
 			set.Errors[name] = fmt.Errorf("%w: %s and %s both define config %q", ErrInvalid, prev, p, name)
 			delete(set.Configs, name)
 			continue
 		}
 		set.Files[name] = p
+		if err != nil {
+			set.Errors[name] = fmt.Errorf("%w: %w", ErrInvalid, err)
+			continue
+		}
 		c, err := LoadFile(p)
 		if err != nil {
 			set.Errors[name] = err

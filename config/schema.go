@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,9 +15,13 @@ import (
 // last element as encoding/json does.
 var configSchema = schemaOf(reflect.TypeFor[Config]())
 
+// defaultMaxItems bounds a list whose field has no maxItems tag.
+const defaultMaxItems = 1024
+
 type schema struct {
 	fields   map[string]*schema // object keys; nil for scalars
 	elem     *schema            // list element
+	maxItems int                // a list's most entries, from its maxItems tag
 	duration bool               // a Duration leaf, checked with its path
 }
 
@@ -38,7 +43,18 @@ func schemaOf(t reflect.Type) *schema {
 			if name == "" || name == "-" {
 				continue
 			}
-			s.fields[name] = schemaOf(f.Type)
+			fs := schemaOf(f.Type)
+			if fs.elem != nil {
+				// Every list is bounded, so that a huge config is refused
+				// before it is decoded and held (its length is checked on
+				// the generic document). TestEveryListHasACap wants the
+				// tag; a list without one still gets a bound.
+				fs.maxItems = defaultMaxItems
+				if n, err := strconv.Atoi(f.Tag.Get("maxItems")); err == nil && n > 0 {
+					fs.maxItems = n
+				}
+			}
+			s.fields[name] = fs
 		}
 		return s
 	}
@@ -47,7 +63,7 @@ func schemaOf(t reflect.Type) *schema {
 
 // problems are what a walk of a document against the schema finds: keys
 // the schema does not know and values it can check better than the JSON
-// decoder (durations), each with its full path.
+// decoder (durations, list lengths), each with its full path.
 type problems struct {
 	unknown []string // paths, e.g. "blocks.polcy"
 	bad     []string // "health.quietPeriod: want a duration such as …"
@@ -82,11 +98,19 @@ func (p *problems) walk(v any, s *schema, prefix string) {
 		if s.elem == nil {
 			return
 		}
+		if len(v) > s.maxItems {
+			p.bad = append(p.bad, fmt.Sprintf("%s: %d entries, more than the %d allowed", prefix, len(v), s.maxItems))
+			return // its entries are not worth a report each
+		}
 		for i, sub := range v {
 			p.walk(sub, s.elem, prefix+"["+strconv.Itoa(i)+"]")
 		}
 	}
 }
+
+// maxReported bounds how many problems of one kind a message lists: a
+// config full of mistakes gets a readable error, not one as big as itself.
+const maxReported = 20
 
 // err describes the problems, nil when there are none.
 func (p *problems) err() error {
@@ -94,9 +118,9 @@ func (p *problems) err() error {
 	sort.Strings(p.bad)
 	var parts []string
 	if len(p.unknown) > 0 {
-		parts = append(parts, "unknown key "+strings.Join(p.unknown, ", ")+" (known keys are listed in the README's configuration section)")
+		parts = append(parts, "unknown key "+strings.Join(firstOf(p.unknown), ", ")+" (known keys are listed in the README's configuration section)")
 	}
-	parts = append(parts, p.bad...)
+	parts = append(parts, firstOf(p.bad)...)
 	if len(parts) == 0 {
 		return nil
 	}
@@ -115,4 +139,13 @@ func checkDuration(v string) error {
 		return fmt.Errorf("%s is too short; write at least \"1s\", or leave the key out for the default", d)
 	}
 	return nil
+}
+
+// firstOf keeps the first maxReported entries of a list and says how many
+// more there were.
+func firstOf(l []string) []string {
+	if len(l) <= maxReported {
+		return l
+	}
+	return append(slices.Clone(l[:maxReported]), fmt.Sprintf("and %d more", len(l)-maxReported))
 }

@@ -12,9 +12,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/metadata/fake"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpublocks/gpublocks/blocks"
@@ -168,18 +165,11 @@ func TestNodeLabelPicksNamedConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "blocks"), []byte("gpus: [{match: {model: \"*\"}, shape: blocks}]\n"), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "half"), []byte("gpus: [{match: {index: [0, 1, 2, 3]}, shape: blocks}]\n"), 0o644))
 
-	scheme := fake.NewTestScheme()
-	require.NoError(t, metav1.AddMetaToScheme(scheme))
-	node := &metav1.PartialObjectMetadata{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
-		ObjectMeta: metav1.ObjectMeta{Name: "gpu-node-1", Labels: map[string]string{config.NodeLabel: "blocks"}},
-	}
-	client := fake.NewSimpleMetadataClient(scheme, []runtime.Object{node}...)
-
+	api := newFakeAPIServer(t, map[string]map[string]string{"gpu-node-1": {config.NodeLabel: "blocks"}})
 	n := startNode(t, "dgxa100", "", func(o *Options) {
 		o.ConfigPath = dir
 		o.NodeName = "gpu-node-1"
-		o.NodeClient = client
+		o.NodeClient = api.Client("")
 	})
 	// The first plan already uses the labelled config: no flap through
 	// default. The kubelet's first list holds all 800 blocks, whole GPUs
@@ -193,18 +183,12 @@ func TestNodeLabelPicksNamedConfig(t *testing.T) {
 	require.EqualValues(t, 1, n.d.ConfigStatus().Generation)
 
 	// Relabel the node: the plan follows without a restart.
-	node = node.DeepCopy()
-	node.Labels[config.NodeLabel] = "half"
-	err = client.Tracker().Update(nodesResource, node, "")
-	require.NoError(t, err)
+	api.SetLabels("gpu-node-1", map[string]string{config.NodeLabel: "half"})
 	n.waitCount("nvidia.com/gpu-blocks", 400)
 	n.waitCount("nvidia.com/gpu", 4)
 
 	// A label naming no config is rejected; the last good one stays.
-	node = node.DeepCopy()
-	node.Labels[config.NodeLabel] = "nope"
-	err = client.Tracker().Update(nodesResource, node, "")
-	require.NoError(t, err)
+	api.SetLabels("gpu-node-1", map[string]string{config.NodeLabel: "nope"})
 	require.Eventually(t, func() bool { return n.d.ConfigStatus().LastError != nil }, 5*time.Second, 10*time.Millisecond)
 	require.ErrorContains(t, n.d.ConfigStatus().LastError, "names no config")
 	n.waitCount("nvidia.com/gpu-blocks", 400)

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/metadata"
 	"k8s.io/klog/v2"
 	"tags.cncf.io/container-device-interface/specs-go"
 
@@ -45,7 +44,7 @@ type Options struct {
 	DeferPollInterval time.Duration
 	// NodeClient reads the node's label; nil means the in-cluster client
 	// when NodeName is set.
-	NodeClient metadata.Interface
+	NodeClient *NodeAPI
 }
 
 func (o *Options) kind() cdi.Kind {
@@ -154,6 +153,8 @@ type Daemon struct {
 	warnedPR        bool              // warned once that pod-resources is absent
 
 	obs observers // health monitor and metrics (health.go, metrics.go)
+
+	cw configWatch // the config watcher's counts and idle probe (watch.go)
 }
 
 // ConfigStatus says how the config stands, for logs, metrics and tests.
@@ -296,6 +297,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.startWatchers(ctx, &wg); err != nil {
 		return err
 	}
+	// Restore the spec whenever it is deleted behind our back.
+	wg.Go(func() { d.writer.Heal(ctx) })
 	// The CDI spec must exist before the kubelet can allocate anything.
 	if err := d.reconcile(ctx, byRescan); err != nil {
 		return err

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/metadata/fake"
 
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/gpu"
@@ -276,12 +274,10 @@ func TestReloadConfigSerialised(t *testing.T) {
 func TestConfigEditBeforeWatchIsNotMissed(t *testing.T) {
 	defer func(w time.Duration) { labelWait = w }(labelWait)
 	labelWait = 300 * time.Millisecond
-	scheme := fake.NewTestScheme()
-	require.NoError(t, metav1.AddMetaToScheme(scheme))
-	client := fake.NewSimpleMetadataClient(scheme) // the node's label never comes
+	api := newFakeAPIServer(t, nil) // the node's label never comes
 	n := newNode(t, "dgxa100", "version: v1\n", func(o *Options) {
 		o.NodeName = "gpu-node-1"
-		o.NodeClient = client
+		o.NodeClient = api.Client("")
 	})
 	// Edited after New loaded the config, before the daemon watched it.
 	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: blocks}]\n")

@@ -20,8 +20,10 @@ import (
 // BenchmarkServeRSS starts the real binary (GPUBLOCKS_BIN, as `make bench`
 // sets it) with `serve --simulate dgxa100` against a kubelet stand-in and
 // reports the time from exec to the first ListAndWatch snapshot, the
-// resident memory once ready, and the resident memory after 4,200 Allocate
-// RPCs (the figures DESIGN §8 compares with NVIDIA's plugin).
+// resident memory once ready, and the resident memory after 5,000 Allocate
+// RPCs. tests/footprint measures the same side by side with NVIDIA's
+// plugin (DESIGN §8); make bench runs this one only when that module
+// cannot be built.
 func BenchmarkServeRSS(b *testing.B) {
 	bin := os.Getenv("GPUBLOCKS_BIN")
 	if bin == "" {
@@ -58,7 +60,7 @@ func BenchmarkServeRSS(b *testing.B) {
 		}
 		time.Sleep(500 * time.Millisecond) // let start-up garbage settle as it would
 		rssReady := rssMiB(b, cmd.Process.Pid)
-		for i := range 4200 {
+		for i := range 5000 {
 			ids, _, err := p.Allocate(ctx, 1)
 			if err != nil {
 				b.Fatalf("allocate %d: %v", i, err)
@@ -72,7 +74,7 @@ func BenchmarkServeRSS(b *testing.B) {
 		k.Stop()
 		b.ReportMetric(float64(ready.Microseconds())/1000, "ms-to-first-ListAndWatch")
 		b.ReportMetric(rssReady, "MiB-RSS-ready")
-		b.ReportMetric(rssAfter, "MiB-RSS-after-4200-RPCs")
+		b.ReportMetric(rssAfter, "MiB-RSS-after-5000-RPCs")
 	}
 }
 

@@ -208,6 +208,14 @@ func (d *discovery) gpu(i int) (*GPU, error) {
 			g.NUMANode = n
 		}
 	}
+	if g.Architecture, err = dev.GetArchitectureAsString(); err != nil {
+		logger.V(1).Info("Architecture unknown", "err", err)
+		g.Architecture = ""
+	}
+	if g.CUDAComputeCapability, err = dev.GetCudaComputeCapabilityAsString(); err != nil {
+		logger.V(1).Info("CUDA compute capability unknown", "err", err)
+		g.CUDAComputeCapability = ""
+	}
 	if g.MigCapable, err = dev.IsMigCapable(); err != nil {
 		return fail("reading MIG mode", err)
 	}
@@ -234,7 +242,7 @@ func (d *discovery) gpu(i int) (*GPU, error) {
 // MIG device that cannot be described is skipped on its own.
 func (d *discovery) migDevices(g *GPU, dev device.Device) error {
 	return dev.VisitMigDevices(func(j int, m device.MigDevice) error {
-		md, err := d.migDevice(g, j, m)
+		md, err := d.migDevice(g, dev, j, m)
 		if err != nil {
 			d.skip(fmt.Sprintf("MIG %d on %s", j, g), err)
 			return nil
@@ -244,7 +252,7 @@ func (d *discovery) migDevices(g *GPU, dev device.Device) error {
 	})
 }
 
-func (d *discovery) migDevice(g *GPU, j int, m device.MigDevice) (*MigDevice, error) {
+func (d *discovery) migDevice(g *GPU, parent nvml.Device, j int, m device.MigDevice) (*MigDevice, error) {
 	fail := func(what string, err error) (*MigDevice, error) {
 		return nil, fmt.Errorf("%w: MIG device %d on %s: %s: %w", ErrDiscovery, j, g, what, err)
 	}
@@ -269,11 +277,29 @@ func (d *discovery) migDevice(g *GPU, j int, m device.MigDevice) (*MigDevice, er
 		return fail("reading profile", err)
 	}
 	md.Profile = p.String()
+	md.Placement = placement(parent, md.GI)
+	if md.Placement == nil {
+		klog.FromContext(d.ctx).V(1).Info("MIG placement unknown", "mig", md.UUID, "gi", md.GI)
+	}
 	md.CapNodes, md.CapErr = d.capNodes(g, md)
 	if md.CapErr != nil {
 		klog.FromContext(d.ctx).Error(md.CapErr, "MIG device will not be offered", "mig", md.UUID)
 	}
 	return md, nil
+}
+
+// placement asks the parent GPU where GPU instance gi sits; nil when NVML
+// cannot say.
+func placement(parent nvml.Device, gi int) *Placement {
+	inst, ret := parent.GetGpuInstanceById(gi)
+	if ret != nvml.SUCCESS {
+		return nil
+	}
+	info, ret := inst.GetInfo()
+	if ret != nvml.SUCCESS {
+		return nil
+	}
+	return &Placement{Start: int(info.Placement.Start), Size: int(info.Placement.Size)}
 }
 
 // capNodes resolves the GI and CI access capability nodes of md.

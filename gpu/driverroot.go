@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // DriverLibraryDirs are the directories, relative to a driver root, where the
@@ -36,8 +37,10 @@ var DriverLibraryDirs = []string{
 }
 
 // DriverToolDirs are the directories, relative to a driver root, where the
-// driver's command-line tools (nvidia-smi, …) live, in search order.
-var DriverToolDirs = []string{"usr/bin", "bin", "usr/local/nvidia/bin"}
+// driver's command-line tools (nvidia-smi, …) live, in search order. The
+// last is where Debian's packages keep the real files that alternatives
+// links in /usr/bin point at.
+var DriverToolDirs = []string{"usr/bin", "bin", "usr/local/nvidia/bin", "usr/lib/nvidia/current"}
 
 // ErrTooManyLinks stops symlink loops while resolving inside a root, like
 // ELOOP.
@@ -96,4 +99,40 @@ func ResolveInRoot(root, rel string) (string, error) {
 		todo = append(strings.Split(target, "/"), todo...)
 	}
 	return path.Join(done...), nil
+}
+
+// ResolveDirs returns those of dirs (slash-separated, below root) that are
+// directories under root, each resolved inside root (ResolveInRoot), in
+// order and without duplicates: on a merged-/usr host lib/x86_64-linux-gnu
+// and usr/lib/x86_64-linux-gnu are one directory. A dir that does not
+// exist, is not a directory or resolves to root itself is left out; other
+// errors (a symlink loop, a directory that cannot be read) are returned.
+//
+// These are the driver root's real library or tool directories: a driver
+// file is only used when it resolves to an entry directly inside one of
+// them, so that a link such as libcuda.so.1 -> /etc/passwd cannot bring
+// another file of the host into a container.
+func ResolveDirs(root string, dirs []string) ([]string, error) {
+	var out []string
+	for _, dir := range dirs {
+		resolved, err := ResolveInRoot(root, dir)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", dir, err)
+		}
+		fi, err := os.Stat(filepath.Join(root, filepath.FromSlash(resolved)))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", dir, err)
+		}
+		// A directory that resolves to the root itself holds no driver.
+		if fi.IsDir() && resolved != "" && !slices.Contains(out, resolved) {
+			out = append(out, resolved)
+		}
+	}
+	return out, nil
 }

@@ -87,7 +87,28 @@ func TestDriverDirsCoverKnownLayouts(t *testing.T) {
 	} {
 		require.Contains(t, gpu.DriverLibraryDirs, dir)
 	}
-	for _, dir := range []string{"usr/bin", "usr/local/nvidia/bin"} {
+	for _, dir := range []string{"usr/bin", "usr/local/nvidia/bin", "usr/lib/nvidia/current"} {
 		require.Contains(t, gpu.DriverToolDirs, dir)
 	}
+}
+
+func TestResolveDirs(t *testing.T) {
+	root := t.TempDir()
+	makeTree(t, root, map[string]string{
+		"usr/lib/x86_64-linux-gnu/x": "",
+		"lib":                        "->/usr/lib", // merged /usr
+		"usr/lib64":                  "->/",        // the root itself
+		"usr/local/nvidia/lib64":     "->/opt/nvidia/lib64",
+		"opt/nvidia/lib64/x":         "",
+		"usr/local/nvidia/lib":       "not a directory",
+		"loop":                       "->loop",
+	})
+	dirs := []string{"usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib64", "lib64", "usr/local/nvidia/lib64", "usr/local/nvidia/lib"}
+	got, err := gpu.ResolveDirs(root, dirs)
+	require.NoError(t, err)
+	require.Equal(t, []string{"usr/lib/x86_64-linux-gnu", "opt/nvidia/lib64"}, got)
+
+	_, err = gpu.ResolveDirs(root, []string{"loop/lib"})
+	require.ErrorIs(t, err, gpu.ErrTooManyLinks)
+	require.ErrorContains(t, err, "loop/lib")
 }

@@ -59,16 +59,21 @@ type SkippedDevice struct {
 
 // GPU is one physical GPU.
 type GPU struct {
-	Index      int    // NVML index
-	UUID       string // GPU-…
-	Minor      int    // /dev/nvidia<Minor>
-	Model      string // product name as NVML reports it, e.g. "NVIDIA A100-SXM4-40GB"
-	MemoryMiB  uint64
-	PCIBusID   string // e.g. 0000:07:00.0; "" when unknown
-	NUMANode   int    // -1 when unknown
-	MigCapable bool
-	MigEnabled bool // current MIG mode
-	Node       DeviceNode
+	Index     int    // NVML index
+	UUID      string // GPU-…
+	Minor     int    // /dev/nvidia<Minor>
+	Model     string // product name as NVML reports it, e.g. "NVIDIA A100-SXM4-40GB"
+	MemoryMiB uint64
+	PCIBusID  string // e.g. 0000:07:00.0; "" when unknown
+	NUMANode  int    // -1 when unknown
+	// Architecture is NVML's name for it (e.g. "Ampere") and
+	// CUDAComputeCapability "major.minor" (e.g. "8.0"); "" when NVML
+	// cannot tell. DRA publishes both as device attributes.
+	Architecture          string
+	CUDAComputeCapability string
+	MigCapable            bool
+	MigEnabled            bool // current MIG mode
+	Node                  DeviceNode
 	// MigDevices are the MIG devices on the GPU, ordered by MIG index; empty
 	// unless MigEnabled.
 	MigDevices []MigDevice
@@ -84,11 +89,20 @@ type MigDevice struct {
 	MemoryMiB   uint64
 	ParentIndex int
 	ParentUUID  string
+	// Placement is where the GPU instance sits in the GPU's memory
+	// slices; nil when NVML could not say (the device is still offered
+	// where placement does not matter).
+	Placement *Placement
 	// CapNodes are the GI and CI access capability nodes
 	// (/dev/nvidia-caps/nvidia-cap<N>), in that order. CapErr is set instead
 	// when they could not be resolved: such a device must not be offered.
 	CapNodes []DeviceNode
 	CapErr   error
+}
+
+// Placement is a GPU instance's position: Size memory slices from Start.
+type Placement struct {
+	Start, Size int
 }
 
 // String names a GPU for logs and error messages.

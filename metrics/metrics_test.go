@@ -3,9 +3,12 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,4 +120,37 @@ func BenchmarkAllocate(b *testing.B) {
 	for b.Loop() {
 		m.Allocate("nvidia.com/gpu", 40*time.Microsecond, nil)
 	}
+}
+
+// TestXIDLabelBounded injects 10,000 distinct XID codes on one GPU: the
+// series stay bounded (KnownXIDs, the first MaxXIDCodes others, and
+// "other"), and no event is lost.
+func TestXIDLabelBounded(t *testing.T) {
+	m := New(nil)
+	const n = 10000
+	for x := range uint64(n) {
+		m.XID(0, "GPU-a", x+1, false)
+	}
+	m.XID(0, "GPU-a", 79, false) // a known fault keeps its value after the bound is reached
+
+	_, body := get(t, m.Handler(Probes{}), "/metrics")
+	series := 0
+	total := 0.0
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, "gpublocks_xid_events_total{") {
+			continue
+		}
+		series++
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		require.NoError(t, err)
+		total += v
+	}
+	require.Equal(t, len(KnownXIDs)+MaxXIDCodes+1, series)
+	require.Equal(t, float64(n+1), total)
+	require.Contains(t, body, `gpublocks_xid_events_total{gpu="0",ignored="false",uuid="GPU-a",xid="79"} 2`)
+	// Codes 1-34 less 13 and 31 are the first 32 outside KnownXIDs.
+	require.Contains(t, body, `gpublocks_xid_events_total{gpu="0",ignored="false",uuid="GPU-a",xid="34"} 1`)
+	require.NotContains(t, body, `xid="35"`)
+	require.Contains(t, body, fmt.Sprintf(`gpublocks_xid_events_total{gpu="0",ignored="false",uuid="GPU-a",xid="other"} %d`, n-len(KnownXIDs)-MaxXIDCodes))
 }

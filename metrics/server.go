@@ -1,14 +1,16 @@
 package metrics
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 )
 
@@ -28,7 +30,7 @@ const liveTimeout = 5 * time.Second
 // Handler serves /metrics from m and the probes.
 func (m *Metrics) Handler(p Probes) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/metrics", m.serveMetrics)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if p.Live != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), liveTimeout)
@@ -50,6 +52,40 @@ func (m *Metrics) Handler(p Probes) http.Handler {
 	return mux
 }
 
+// serveMetrics writes every metric in the text format, gzipped when the
+// scraper accepts it (Prometheus does).
+func (m *Metrics) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", ContentType)
+	var out io.Writer = w
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		w.Header().Set("Content-Encoding", "gzip")
+		gz := gzip.NewWriter(w)
+		defer func() {
+			if err := gz.Close(); err != nil {
+				m.writeErrors.Add(1)
+			}
+		}()
+		out = gz
+	}
+	if err := writeText(out, m.families()); err != nil {
+		// The scraper went away mid-answer; nothing to tell it.
+		m.writeErrors.Add(1)
+	}
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(header string) bool {
+	for part := range strings.SplitSeq(header, ",") {
+		enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.TrimSpace(enc) != "gzip" {
+			continue
+		}
+		q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		return !ok || (q != "0" && q != "0.0" && q != "0.00" && q != "0.000")
+	}
+	return false
+}
+
 // Server is the metrics listener.
 type Server struct {
 	srv *http.Server
@@ -59,7 +95,11 @@ type Server struct {
 // Listen binds addr (e.g. ":9400") for h. Binding early makes a port
 // conflict an error at start-up rather than a silent absence of metrics.
 func Listen(addr string, h http.Handler) (*Server, error) {
-	lis, err := net.Listen("tcp", addr)
+	// Plain TCP: a scrape gains nothing from Multipath TCP, which Go
+	// otherwise tries first, probing the kernel at start-up.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	lis, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener on %s: %w", addr, err)
 	}

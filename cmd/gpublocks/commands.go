@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/daemon"
 	"github.com/gpublocks/gpublocks/demo"
+	"github.com/gpublocks/gpublocks/internal/atomicfile"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -42,14 +42,7 @@ func newServeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			go func() {
-				for range hup {
-					d.Rescan()
-				}
-			}()
+			defer reloadOnHangup(ctx, d)()
 			err = d.Run(ctx)
 			logger.Info("Stopped", "err", err)
 			return err
@@ -103,7 +96,9 @@ func newCDICommand() *cobra.Command {
 				_, err = cmd.OutOrStdout().Write(data)
 				return err
 			}
-			return writeAtomic(output, data)
+			// As serve writes it: a runtime watching the directory never
+			// sees half a file, and the mode is 0644 even when it existed.
+			return atomicfile.Write(output, data, cdi.SpecFileMode)
 		},
 	}
 	addDiscoveryFlags(gen.Flags(), &o)
@@ -173,27 +168,4 @@ func newVersionCommand() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "gpublocks %s %s/%s %s\n", v, runtime.GOOS, runtime.GOARCH, runtime.Version())
 		},
 	}
-}
-
-// writeAtomic writes a spec file the way serve does: a reader (a container
-// runtime watching the directory) sees the old file or the new one, never
-// half of one, and the mode is 0644 even when the file existed.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(cdi.SpecFileMode); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

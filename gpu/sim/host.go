@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"io/fs"
+	"strconv"
+	"sync"
 
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/migminors"
@@ -45,16 +47,23 @@ Block devices:
 
 // host answers gpu.Host from tables built with the simulation.
 type host struct {
-	nodes  map[string]gpu.DeviceNode
-	minors []byte
+	nodes map[string]gpu.DeviceNode
+
+	// The MIG capability nodes and mig-minors table (over a thousand
+	// entries on 8 GPUs) are built on first use: discovery reads them only
+	// for MIG devices, and most runs have none.
+	gpuCount int
+	capsOnce sync.Once
+	caps     map[string]gpu.DeviceNode
+	minors   []byte
 }
 
 var _ gpu.Host = (*host)(nil)
 
-// newHost builds the device nodes and mig-minors table of a machine with
-// gpuCount GPUs, minors 0..gpuCount-1.
+// newHost builds the device nodes of a machine with gpuCount GPUs, minors
+// 0..gpuCount-1.
 func newHost(gpuCount int) *host {
-	h := &host{nodes: map[string]gpu.DeviceNode{}}
+	h := &host{nodes: map[string]gpu.DeviceNode{}, gpuCount: gpuCount}
 	add := func(path string, major, minor uint32) {
 		h.nodes[path] = gpu.DeviceNode{Path: path, HostPath: path, Major: major, Minor: minor}
 	}
@@ -62,43 +71,54 @@ func newHost(gpuCount int) *host {
 	add("/dev/nvidia-uvm", MajorUVM, 0)
 	add("/dev/nvidia-uvm-tools", MajorUVM, 1)
 	for i := range gpuCount {
-		add(fmt.Sprintf("/dev/nvidia%d", i), MajorNVIDIA, uint32(i))
+		add("/dev/nvidia"+strconv.Itoa(i), MajorNVIDIA, uint32(i))
 	}
+	return h
+}
 
-	var b bytes.Buffer
-	line := func(name string, n int) {
-		fmt.Fprintf(&b, "%s %d\n", name, n)
-		add(gpu.CapNodePath(n), MajorCaps, uint32(n))
-	}
-	line("config", 1)
-	line("monitor", 2)
-	n := 3
-	for g := range gpuCount {
-		for gi := range migGIsPerGPU {
-			line(migminors.GIAccessName(g, gi), n)
-			n++
-			for ci := range migCIsPerGI {
-				line(migminors.CIAccessName(g, gi, ci), n)
+// buildCaps builds the capability nodes and the mig-minors table once.
+func (h *host) buildCaps() {
+	h.capsOnce.Do(func() {
+		h.caps = map[string]gpu.DeviceNode{}
+		var b bytes.Buffer
+		line := func(name string, n int) {
+			fmt.Fprintf(&b, "%s %d\n", name, n)
+			path := gpu.CapNodePath(n)
+			h.caps[path] = gpu.DeviceNode{Path: path, HostPath: path, Major: MajorCaps, Minor: uint32(n)}
+		}
+		line("config", 1)
+		line("monitor", 2)
+		n := 3
+		for g := range h.gpuCount {
+			for gi := range migGIsPerGPU {
+				line(migminors.GIAccessName(g, gi), n)
 				n++
+				for ci := range migCIsPerGI {
+					line(migminors.CIAccessName(g, gi, ci), n)
+					n++
+				}
 			}
 		}
-	}
-	h.minors = b.Bytes()
-	return h
+		h.minors = b.Bytes()
+	})
 }
 
 // DeviceNode returns the simulated node at path, or an error wrapping
 // fs.ErrNotExist.
 func (h *host) DeviceNode(path string) (gpu.DeviceNode, error) {
-	n, ok := h.nodes[path]
-	if !ok {
-		return gpu.DeviceNode{}, &fs.PathError{Op: "stat", Path: path, Err: fs.ErrNotExist}
+	if n, ok := h.nodes[path]; ok {
+		return n, nil
 	}
-	return n, nil
+	h.buildCaps()
+	if n, ok := h.caps[path]; ok {
+		return n, nil
+	}
+	return gpu.DeviceNode{}, &fs.PathError{Op: "stat", Path: path, Err: fs.ErrNotExist}
 }
 
 // MigCapMinors returns the generated mig-minors table.
 func (h *host) MigCapMinors() ([]byte, error) {
+	h.buildCaps()
 	return bytes.Clone(h.minors), nil
 }
 
