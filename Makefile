@@ -58,7 +58,7 @@ e2e:
 ## and busybox-static (it skips, saying so, without them). tests/cluster is its own
 ## module. The timeout covers a cold build of the components (10-20 min on 2 cores).
 test-cluster: image
-	cd tests/cluster && GPUBLOCKS_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test -count=1 -v -timeout 75m ./...
+	cd tests/cluster && GPUBLOCKS_IMAGE=$(abspath $(IMAGE)) $(GO) test -count=1 -v -timeout 75m ./...
 
 ## stress: every unit test of the main module and of deployments/, 20 times
 ## under -race, to catch flakes (not part of `make test`: it takes long).

@@ -103,7 +103,7 @@ func TestDevicePlugin(t *testing.T) {
 		start := time.Now()
 		dsPod = waitDaemonSetReady(t, ctx, "")
 		t.Logf("DaemonSet %s/%s Ready: pod %s, image %s, %s after helm install", namespace, release, dsPod.Name, dsPod.Spec.Containers[0].Image, time.Since(start).Round(time.Millisecond))
-		requireCapacity(t, ctx, map[string]int64{gpuResource: dgxa100GPUs})
+		waitCapacity(t, ctx, map[string]int64{gpuResource: dgxa100GPUs})
 	})
 	require.NotNil(t, dsPod, "the DaemonSet never became Ready")
 
@@ -221,20 +221,24 @@ func runGPUPod(t *testing.T, ctx context.Context, name string, resources map[str
 			d.env[k] = v
 		}
 	}
-	d.nodes = listGPUNodes(t, ctx, name)
-	want := wantNodes(t, d.ids)
-	t.Logf("pod %s: allocated %v; sees /dev/%s (want %v)", name, d.ids, strings.Join(d.nodes, " /dev/"), want)
-	require.Equal(t, want, d.nodes, "the container must see exactly the GPUs it was allocated")
-
-	ls, err := cl.Exec(ctx, podNamespace, name, "main", "ls", "/dev")
-	require.NoError(t, err)
-	require.Contains(t, strings.Fields(ls), "nvidiactl")
 	for _, id := range d.ids {
 		uuid, _, _ := strings.Cut(id, "::") // a block's ID is <GPU-UUID>::<n>
 		if !slices.Contains(d.gpus, uuid) {
 			d.gpus = append(d.gpus, uuid)
 		}
 	}
+	d.nodes = listGPUNodes(t, ctx, name)
+	want := wantNodes(t, d.ids)
+	allocated := fmt.Sprint(d.ids)
+	if len(d.ids) != len(d.gpus) {
+		allocated = fmt.Sprintf("%d blocks of %v", len(d.ids), d.gpus)
+	}
+	t.Logf("pod %s: allocated %s; sees /dev/%s (want %v)", name, allocated, strings.Join(d.nodes, " /dev/"), want)
+	require.Equal(t, want, d.nodes, "the container must see exactly the GPUs it was allocated")
+
+	ls, err := cl.Exec(ctx, podNamespace, name, "main", "ls", "/dev")
+	require.NoError(t, err)
+	require.Contains(t, strings.Fields(ls), "nvidiactl")
 	return d
 }
 
@@ -361,12 +365,6 @@ func waitCapacity(t *testing.T, ctx context.Context, want map[string]int64) {
 	})
 	require.NoError(t, err, "capacity %v allocatable %v", capacity, allocatable)
 	t.Logf("node capacity %v after %s", capacity, time.Since(start).Round(time.Millisecond))
-}
-
-// requireCapacity checks the capacity now (after waiting for it once).
-func requireCapacity(t *testing.T, ctx context.Context, want map[string]int64) {
-	t.Helper()
-	waitCapacity(t, ctx, want)
 }
 
 // waitDaemonSetReady waits until the chart's DaemonSet has one pod, Ready,
