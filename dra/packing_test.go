@@ -182,17 +182,10 @@ func runDRA(t testing.TB, c *cluster, trace []packingtrace.Arrival, perTick, swe
 	for i, a := range trace {
 		tick := i / perTick
 		if i%perTick == 0 {
-			live = slices.DeleteFunc(live, func(s share) bool {
-				if s.until > tick {
-					return false
-				}
-				ledger[s.node][s.gpu] -= s.blocks
+			live = st.newTick(live, ledger, tick, func(s share) {
 				state.AllocatedSharedDeviceIDs.Delete(s.sharedID)
 				state.AggregatedCapacity.Remove(structured.NewDeviceConsumedCapacity(s.device, s.consumed))
-				return true
 			})
-			st.utilSum += utilisation(ledger)
-			st.ticks++
 		}
 		st.arrivals++
 		claim := blocksClaim(i, a.Size)
@@ -272,15 +265,7 @@ func runDevicePlugin(trace []packingtrace.Arrival, nodes, perTick int) packingSt
 	for i, a := range trace {
 		tick := i / perTick
 		if i%perTick == 0 {
-			live = slices.DeleteFunc(live, func(s share) bool {
-				if s.until > tick {
-					return false
-				}
-				ledger[s.node][s.gpu] -= s.blocks
-				return true
-			})
-			st.utilSum += utilisation(ledger)
-			st.ticks++
+			live = st.newTick(live, ledger, tick, func(share) {})
 		}
 		st.arrivals++
 		var feasible []int
@@ -314,6 +299,22 @@ func runDevicePlugin(trace []packingtrace.Arrival, nodes, perTick int) packingSt
 		st.scheduled++
 	}
 	return st
+}
+
+// newTick ends the shares whose time is up (release undoes what the
+// model recorded besides the ledger) and samples the utilisation.
+func (st *packingStats) newTick(live []share, ledger used, tick int, release func(share)) []share {
+	live = slices.DeleteFunc(live, func(s share) bool {
+		if s.until > tick {
+			return false
+		}
+		ledger[s.node][s.gpu] -= s.blocks
+		release(s)
+		return true
+	})
+	st.utilSum += utilisation(ledger)
+	st.ticks++
+	return live
 }
 
 func utilisation(l used) float64 {
