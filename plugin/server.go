@@ -320,14 +320,44 @@ func (s *server) registeredWithCurrentKubelet() bool {
 	return err == nil && os.SameFile(fi, s.kubelet) && fi.ModTime().Equal(s.kubelet.ModTime())
 }
 
+// errKubeletReplaced means the kubelet's socket changed while connecting.
+var errKubeletReplaced = errors.New("kubelet socket replaced while connecting")
+
 // register sends one RegisterRequest to the kubelet.
 func (s *server) register(ctx context.Context) error {
 	s.kubelet = nil
-	kubelet, err := os.Stat(s.kubeletSocket)
-	if err != nil {
+	if _, err := os.Stat(s.kubeletSocket); err != nil {
 		return fmt.Errorf("kubelet socket: %w", err)
 	}
-	conn, err := grpc.NewClient("unix:"+s.kubeletSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The kubelet a registration reaches is the one whose socket file was
+	// at the path when the connection was made. A restarting kubelet
+	// replaces the file, so the file is looked at on both sides of the
+	// connect: only a connection made to one unchanged file says which
+	// kubelet we registered with. Recording the file seen before the dial
+	// instead could name the old kubelet while the new one got the
+	// registration; the new socket's creation then looked like yet
+	// another kubelet, and the second registration, refused by the
+	// kubelet as a duplicate, left the resource unusable.
+	var kubelet atomic.Value // os.FileInfo, set by the dialer on gRPC's goroutine
+	dial := func(ctx context.Context, _ string) (net.Conn, error) {
+		before, err := os.Stat(s.kubeletSocket)
+		if err != nil {
+			return nil, err
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", s.kubeletSocket)
+		if err != nil {
+			return nil, err
+		}
+		after, err := os.Stat(s.kubeletSocket)
+		if err != nil || !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) {
+			_ = c.Close()
+			return nil, errKubeletReplaced
+		}
+		kubelet.Store(before)
+		return c, nil
+	}
+	conn, err := grpc.NewClient("passthrough:///kubelet", grpc.WithContextDialer(dial), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("dialing kubelet at %s: %w", s.kubeletSocket, err)
 	}
@@ -343,7 +373,7 @@ func (s *server) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("registering %q with kubelet at %s: %w", s.name, s.kubeletSocket, err)
 	}
-	s.kubelet = kubelet
+	s.kubelet, _ = kubelet.Load().(os.FileInfo)
 	return nil
 }
 
