@@ -152,13 +152,25 @@ func TestDevicePlugin(t *testing.T) {
 	})
 
 	t.Run("the plugin re-registers when the kubelet restarts", func(t *testing.T) {
-		before := registrations(t, ctx, dsPod.Name)
+		before := registrations(t, ctx, dsPod.Name, gpuResource)
 		require.NoError(t, cl.RestartKubelet(ctx))
-		require.NoError(t, cl.Wait(ctx, "gpublocks registered again", changeTimeout, func(ctx context.Context) (bool, error) {
-			return registrations(t, ctx, dsPod.Name) > before, nil
+		require.NoError(t, cl.Wait(ctx, "gpublocks registered "+gpuResource+" again", changeTimeout, func(ctx context.Context) (bool, error) {
+			return registrations(t, ctx, dsPod.Name, gpuResource) > before, nil
 		}))
-		t.Logf("registrations in the plugin's log: %d before the kubelet restart, %d after", before, registrations(t, ctx, dsPod.Name))
+		t.Logf("%s registrations in the plugin's log: %d before the kubelet restart, %d after", gpuResource, before, registrations(t, ctx, dsPod.Name, gpuResource))
 		waitCapacity(t, ctx, map[string]int64{gpuResource: dgxa100GPUs})
+		// The kubelet (1.37) refuses a second registration of a socket it
+		// already serves, and in refusing forgets the live connection too:
+		// when that plugin later goes, its resource is never released and
+		// every registration after is refused, until the kubelet restarts.
+		kubeletLog, err := cl.KubeletLog()
+		require.NoError(t, err)
+		for _, line := range strings.Split(kubeletLog, "\n") {
+			require.NotContains(t, line, "device plugin already connected",
+				"gpublocks registered a resource twice with the restarted kubelet, which leaves the kubelet unable to take a new registration of it once this plugin pod goes")
+		}
+		_, err = cl.WaitPod(ctx, namespace, dsPod.Name, podTimeout, podReady)
+		require.NoError(t, err, "the plugin pod is not Ready after the kubelet restart")
 		// The restarted kubelet allocates again, and not what it gave before.
 		devs := runGPUPod(t, ctx, "after-kubelet-restart", map[string]int64{gpuResource: 1})
 		require.Len(t, devs.gpus, 1)
@@ -382,9 +394,12 @@ func waitDaemonSetReadyNamed(t *testing.T, ctx context.Context, namespace, name 
 	var ready *v1.Pod
 	var ds *appsv1.DaemonSet
 	err := cl.Wait(ctx, "DaemonSet "+namespace+"/"+name+" Ready", 3*time.Minute, func(ctx context.Context) (bool, error) {
-		var err error
-		ds, err = cl.Client.AppsV1().DaemonSets(namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil || ds.Status.DesiredNumberScheduled != 1 || ds.Status.NumberReady != 1 {
+		got, err := cl.Client.AppsV1().DaemonSets(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ds = got
+		if ds.Status.DesiredNumberScheduled != 1 || ds.Status.NumberReady != 1 {
 			return false, nil
 		}
 		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=gpublocks"})
@@ -437,14 +452,21 @@ func requireSamePod(t *testing.T, ctx context.Context, want *v1.Pod) {
 	require.Zero(t, p.Status.ContainerStatuses[0].RestartCount, "the plugin restarted")
 }
 
-// registrations counts the plugin's "registered with the kubelet" lines.
-func registrations(t *testing.T, ctx context.Context, pod string) int {
+// registrations counts the plugin's log lines saying that resource
+// registered with the kubelet (not the "not registered …; retrying" ones).
+func registrations(t *testing.T, ctx context.Context, pod, resource string) int {
 	t.Helper()
 	logs, err := cl.Logs(ctx, namespace, pod, "gpublocks")
 	if err != nil {
 		return -1 // the kubelet is restarting; asked again
 	}
-	return strings.Count(logs, "registered with the kubelet")
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `] "registered with the kubelet"`) && strings.Contains(line, ` resource="`+resource+`"`) {
+			n++
+		}
+	}
+	return n
 }
 
 // freePort returns a TCP port free on this machine.
