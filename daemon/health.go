@@ -151,9 +151,15 @@ func (d *Daemon) Ping(ctx context.Context) error {
 	case 2:
 		return ErrStopped
 	}
+	return roundTrip(ctx, d.obs.ping)
+}
+
+// roundTrip hands a loop a reply channel and waits until the loop closes
+// it (it has come round to the request), or ctx ends.
+func roundTrip(ctx context.Context, to chan<- chan struct{}) error {
 	ch := make(chan struct{})
 	select {
-	case d.obs.ping <- ch:
+	case to <- ch:
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -99,18 +99,7 @@ func (cw *configWatch) idleCh() chan chan struct{} {
 // has received: none is waiting out the debounce, and the reload that the
 // last relevant one asked for is done.
 func (d *Daemon) configIdle(ctx context.Context) error {
-	ch := make(chan struct{})
-	select {
-	case d.cw.idleCh() <- ch:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return roundTrip(ctx, d.cw.idleCh())
 }
 
 // ReloadConfig loads the config again, from disk and for the node's
