@@ -37,7 +37,8 @@ type Group struct {
 	// Count defaults to 1.
 	Count *int `json:"count,omitempty"`
 	// MIG, when not empty, enables MIG with these instances (NVIDIA profile
-	// names, e.g. 1g.10gb); empty or absent leaves MIG disabled.
+	// names, e.g. 1g.10gb); `mig: []` enables MIG with no instances yet (for
+	// gpublocks to create them); absent leaves MIG disabled.
 	MIG []string `json:"mig,omitempty"`
 }
 
@@ -89,6 +90,7 @@ type gpuSpec struct {
 	model string
 	cfg   gpus.Config
 	mig   []string
+	migOn bool // MIG enabled, even with no instances
 	// seed and the GPU's index derive its UUIDs (see expand).
 	seed string
 }
@@ -151,7 +153,7 @@ func expand(f File, name string, seed func(Group) string) (*spec, error) {
 			return nil, fmt.Errorf("%w: %s: more than %d GPUs", ErrSpec, name, maxGPUs)
 		}
 		for range n {
-			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG), seed: seed(g)})
+			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG), migOn: g.MIG != nil, seed: seed(g)})
 		}
 	}
 	return sp, nil
