@@ -34,7 +34,7 @@ type Backend struct {
 	mu      sync.Mutex // guards MIG mode, GPU and compute instances, MIG handles, processes, faults
 	gpus    []*simGPU
 	nextPID uint32
-	ev   events // event sets and lost GPUs (events.go)
+	ev      events // event sets and lost GPUs (events.go)
 }
 
 var _ gpu.Backend = (*Backend)(nil)
