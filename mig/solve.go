@@ -72,7 +72,8 @@ const (
 	scoreRepair   = 1
 )
 
-// Solve plans layout on a GPU with catalog cat and instances existing: it
+// Solve plans layout on a GPU with catalog cat and instances existing (as
+// ReadInstances lists them; an instance matches a profile by name): it
 // keeps as many existing instances as the layout can use (same profile;
 // each stays where it is), preferring complete ones, and places the rest
 // where nothing overlaps (memory slices) and within each profile's instance
@@ -179,7 +180,7 @@ func newSearch(want []*Profile, existing []Instance) *search {
 			o := option{placement: pl, mask: mask(pl), existing: -1}
 			for j := range existing {
 				in := &existing[j]
-				if in.profile != nil && in.profile.Info.Id == p.Info.Id && in.Placement == pl {
+				if in.Profile == p.Name && in.Placement == pl {
 					o.existing, o.score = j, scoreRepair
 					if in.Complete() {
 						o.score = scoreComplete
