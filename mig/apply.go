@@ -57,7 +57,7 @@ func Apply(ctx context.Context, dev nvml.Device, layout Layout) (*Result, error)
 	logger := klog.FromContext(ctx).WithValues("model", plan.Model, "layout", layout.String())
 	logger.V(1).Info("Applying MIG layout", "plan", plan.String())
 	touched := append(append([]Instance{}, plan.Destroy...), plan.Repair...)
-	if err := refuseBusy(dev, st.Catalog.Model, touched); err != nil {
+	if err := refuseBusy(st.Catalog.Model, touched); err != nil {
 		return res, err
 	}
 	step := func() error {
@@ -143,7 +143,7 @@ func Create(ctx context.Context, dev nvml.Device, profile string, start int) (in
 		if ex.Complete() {
 			return ex, false, nil
 		}
-		if err := refuseBusy(dev, st.Catalog.Model, []Instance{ex}); err != nil {
+		if err := refuseBusy(st.Catalog.Model, []Instance{ex}); err != nil {
 			return Instance{}, false, err
 		}
 		if err := destroyCIs(&ex); err != nil {
@@ -184,7 +184,7 @@ func Destroy(ctx context.Context, dev nvml.Device, gi int) error {
 		if in.GI != gi {
 			continue
 		}
-		if err := refuseBusy(dev, st.Catalog.Model, []Instance{in}); err != nil {
+		if err := refuseBusy(st.Catalog.Model, []Instance{in}); err != nil {
 			return err
 		}
 		if err := destroy(&in); err != nil {
@@ -196,27 +196,14 @@ func Destroy(ctx context.Context, dev nvml.Device, gi int) error {
 	return fmt.Errorf("%w: GPU instance %d on %s", ErrNotFound, gi, st.Catalog.Model)
 }
 
-// refuseBusy fails with ErrBusy when NVML lists a compute process in one of
-// ins. A GPU whose driver cannot list processes relies on the driver's own
-// ERROR_IN_USE.
-func refuseBusy(dev nvml.Device, model string, ins []Instance) error {
-	if len(ins) == 0 {
-		return nil
-	}
-	ps, err := Processes(dev)
-	if retIs(err, nvml.ERROR_NOT_SUPPORTED) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("%s: cannot tell whether MIG instances are in use, so none is changed: %w", model, err)
-	}
+// refuseBusy fails with ErrBusy when NVML listed a compute process in one
+// of ins (Read). A GPU whose driver cannot list processes relies on the
+// driver's own ERROR_IN_USE.
+func refuseBusy(model string, ins []Instance) error {
 	var errs []error
 	for _, in := range ins {
-		for _, p := range ps {
-			if int(p.GpuInstanceId) == in.GI {
-				errs = append(errs, fmt.Errorf("%w: %s on %s runs process %d; it can change once the process ends", ErrBusy, &in, model, p.Pid))
-				break
-			}
+		if len(in.Processes) > 0 {
+			errs = append(errs, fmt.Errorf("%w: %s on %s runs process %d; it can change once the process ends", ErrBusy, &in, model, in.Processes[0]))
 		}
 	}
 	return errors.Join(errs...)

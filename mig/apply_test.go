@@ -2,6 +2,7 @@ package mig_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -215,6 +216,24 @@ func TestApplyRefusesBusy(t *testing.T) {
 	require.NoError(t, b.StopProcess(pid))
 	apply(t, dev, l...)
 	require.ElementsMatch(t, []string(l), layoutOf(migs(t, b, 0)))
+}
+
+// TestApplyKeepsTheBusyOne: of two instances the layout could keep, it
+// keeps the one running a process, whichever that is.
+func TestApplyKeepsTheBusyOne(t *testing.T) {
+	for busy := range 2 {
+		t.Run(fmt.Sprint(busy), func(t *testing.T) {
+			b := simulate(t, "gpus: [{model: H100-SXM5-80GB, mig: [3g.40gb, 3g.40gb]}]")
+			dev := device(t, b, 0)
+			uuid := migs(t, b, 0)["3g.40gb"][busy]
+			_, err := b.StartProcess(0, uuid)
+			require.NoError(t, err)
+			res := apply(t, dev, "3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb")
+			require.Len(t, res.Kept, 1)
+			require.Equal(t, uuid, res.Kept[0].UUID())
+			require.Len(t, res.Destroyed, 1)
+		})
+	}
 }
 
 // TestApplyDriverRefusesBusy: without process listing, the driver's own

@@ -66,16 +66,19 @@ func (p *Plan) String() string {
 
 // Scores of keeping an existing instance. A complete one keeps a MIG device
 // (and the UUID pods and the kubelet know it by), so it outweighs any number
-// of GPU instances kept only to be repaired.
+// of GPU instances kept only to be repaired; one running a process cannot
+// go at all, so it outweighs any number of idle ones.
 const (
-	scoreComplete = MaxInstances + 1
 	scoreRepair   = 1
+	scoreComplete = (MaxInstances + 1) * scoreRepair
+	scoreBusy     = (MaxInstances + 1) * scoreComplete
 )
 
 // Solve plans layout on a GPU with catalog cat and instances existing (as
-// ReadInstances lists them; an instance matches a profile by name): it
-// keeps as many existing instances as the layout can use (same profile;
-// each stays where it is), preferring complete ones, and places the rest
+// Read lists them; an instance matches a profile by name): it keeps as many
+// existing instances as the layout can use (same profile; each stays where
+// it is), first those running processes, then complete ones, and places the
+// rest
 // where nothing overlaps (memory slices) and within each profile's instance
 // count. Among equally good plans it places new instances at the highest
 // free start, as the driver does, which keeps low slices for large
@@ -182,7 +185,10 @@ func newSearch(want []*Profile, existing []Instance) *search {
 				in := &existing[j]
 				if in.Profile == p.Name && in.Placement == pl {
 					o.existing, o.score = j, scoreRepair
-					if in.Complete() {
+					switch {
+					case in.Complete() && len(in.Processes) > 0:
+						o.score = scoreBusy
+					case in.Complete():
 						o.score = scoreComplete
 					}
 				}

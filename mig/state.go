@@ -20,6 +20,9 @@ type Instance struct {
 	Placement gpu.Placement
 	// CIs are the instance's compute instances, by ID.
 	CIs []ComputeInstance
+	// Processes are the PIDs of the compute processes NVML lists in the
+	// instance (Read fills them in; ReadInstances does not).
+	Processes []uint32
 
 	profile *Profile
 	handle  nvml.GpuInstance
@@ -61,8 +64,11 @@ type State struct {
 	Instances []Instance // by GPU instance ID
 }
 
-// Read reads dev's catalog and instances. MIG mode must be enabled (errors
-// wrap ErrDisabled or ErrNotCapable otherwise).
+// Read reads dev's catalog, its instances and the processes in them. MIG
+// mode must be enabled (errors wrap ErrDisabled or ErrNotCapable
+// otherwise). A driver that cannot list processes (ERROR_NOT_SUPPORTED)
+// leaves Processes empty; any other failure to list them is an error, since
+// whether an instance is in use decides what may change.
 func Read(dev nvml.Device) (*State, error) {
 	cat, err := ReadCatalog(dev)
 	if err != nil {
@@ -74,6 +80,19 @@ func Read(dev nvml.Device) (*State, error) {
 	ins, err := ReadInstances(dev, cat)
 	if err != nil {
 		return nil, err
+	}
+	ps, err := Processes(dev)
+	switch {
+	case retIs(err, nvml.ERROR_NOT_SUPPORTED):
+	case err != nil:
+		return nil, fmt.Errorf("%s: cannot tell whether MIG instances are in use, so none is changed: %w", cat.Model, err)
+	}
+	for _, p := range ps {
+		for i := range ins {
+			if int(p.GpuInstanceId) == ins[i].GI {
+				ins[i].Processes = append(ins[i].Processes, p.Pid)
+			}
+		}
 	}
 	return &State{Catalog: cat, Instances: ins}, nil
 }
