@@ -11,8 +11,8 @@ import (
 	"github.com/gpublocks/gpublocks/gpu"
 )
 
-// Result is what Apply did. After a failure it holds the steps that
-// succeeded before it.
+// Result is what Apply did. After a failure half-way it holds the plan and
+// the steps that succeeded; it is nil when Apply failed before planning.
 type Result struct {
 	Plan *Plan
 	// Kept are the instances left as they were.
