@@ -146,16 +146,6 @@ func (p *Profile) matches(name string) bool {
 	return p.Name == name || (p.mp != nil && p.mp.Matches(name))
 }
 
-// byID returns the profile whose NVML ID is id, or nil.
-func (c *Catalog) byID(id uint32) *Profile {
-	for i := range c.Profiles {
-		if c.Profiles[i].Info.Id == id {
-			return &c.Profiles[i]
-		}
-	}
-	return nil
-}
-
 // Names lists the profiles the GPU offers, largest first.
 func (c *Catalog) Names() []string {
 	out := make([]string, len(c.Profiles))
@@ -165,9 +155,15 @@ func (c *Catalog) Names() []string {
 	return out
 }
 
-// migMode reads dev's MIG mode: nil when enabled, else an error wrapping
-// ErrNotCapable or ErrDisabled that says what to do.
-func migMode(dev nvml.Device, model string) error {
+// MigEnabled checks dev's MIG mode: nil when enabled, else an error
+// wrapping ErrNotCapable or ErrDisabled that says what to do. It is checked
+// before the catalog is read: NVML answers profile questions only with MIG
+// on.
+func MigEnabled(dev nvml.Device) error {
+	model, ret := dev.GetName()
+	if ret != nvml.SUCCESS {
+		return fmt.Errorf("reading GPU name: %w", ret)
+	}
 	cur, pending, ret := dev.GetMigMode()
 	switch {
 	case ret == nvml.ERROR_NOT_SUPPORTED:

@@ -15,15 +15,15 @@ import (
 // profile that does not). A nil layout only checks MIG mode. Whether the
 // GPU is idle enough to apply it now is not Check's question.
 func Check(dev nvml.Device, layout Layout) error {
-	cat, err := ReadCatalog(dev)
-	if err != nil {
-		return err
-	}
-	if err := migMode(dev, cat.Model); err != nil {
+	if err := MigEnabled(dev); err != nil {
 		return err
 	}
 	if layout == nil {
 		return nil
+	}
+	cat, err := ReadCatalog(dev)
+	if err != nil {
+		return err
 	}
 	// Existing instances never make a layout unplaceable (Apply may
 	// destroy them all), so the check plans on an empty GPU.

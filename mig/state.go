@@ -70,11 +70,11 @@ type State struct {
 // leaves Processes empty; any other failure to list them is an error, since
 // whether an instance is in use decides what may change.
 func Read(dev nvml.Device) (*State, error) {
-	cat, err := ReadCatalog(dev)
-	if err != nil {
+	if err := MigEnabled(dev); err != nil {
 		return nil, err
 	}
-	if err := migMode(dev, cat.Model); err != nil {
+	cat, err := ReadCatalog(dev)
+	if err != nil {
 		return nil, err
 	}
 	ins, err := ReadInstances(dev, cat)

@@ -123,7 +123,7 @@ func (b *Backend) FailMigOp(index int, op MigOp, nth int, ret nvml.Return) error
 		return fmt.Errorf("no simulated GPU %d (have %d)", index, len(b.gpus))
 	}
 	if nth < 1 || ret == nvml.SUCCESS {
-		return fmt.Errorf("FailMigOp needs nth >= 1 and a failure, got %d and %v", nth, ret)
+		return fmt.Errorf("FailMigOp needs nth >= 1 and a failure, got %d and %s", nth, ret.Error())
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
