@@ -24,6 +24,18 @@ type Result struct {
 	Destroyed []Instance
 }
 
+// PlanFor reads dev (Read) and plans layout on it (Solve) without changing
+// anything: a plan without Changes means the GPU already holds the layout;
+// one with changes is a pending layout change, which the caller applies
+// when the GPU is idle.
+func PlanFor(dev nvml.Device, layout Layout) (*Plan, error) {
+	st, err := Read(dev)
+	if err != nil {
+		return nil, err
+	}
+	return Solve(st.Catalog, st.Instances, layout)
+}
+
 // Apply makes dev's MIG instances equal layout (DESIGN §10): it plans with
 // Solve, then destroys the instances the layout has no use for (compute
 // instances first, then the GPU instance), repairs kept GPU instances whose

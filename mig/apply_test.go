@@ -73,10 +73,21 @@ func TestApplyDayAndNight(t *testing.T) {
 		require.Contains(t, got["1g.10gb"], in.UUID(), "Result carries the MIG UUIDs")
 	}
 
+	pending, err := mig.PlanFor(dev, night)
+	require.NoError(t, err)
+	require.True(t, pending.Changes())
+	require.Len(t, pending.Destroy, 7)
+	require.ElementsMatch(t, day, layoutOf(migs(t, b, 0)), "planning changes nothing")
+
 	res = apply(t, dev, night...)
 	require.Len(t, res.Destroyed, 7)
 	require.Len(t, res.Created, 2)
 	require.ElementsMatch(t, night, layoutOf(migs(t, b, 0)))
+
+	done, err := mig.PlanFor(dev, night)
+	require.NoError(t, err)
+	require.False(t, done.Changes(), done.String())
+	require.Equal(t, "keep 3g.40gb (GPU instance 2, memory slices 4-7), 3g.40gb (GPU instance 1, memory slices 0-3)", done.String())
 
 	res = apply(t, dev, day...)
 	require.Len(t, res.Destroyed, 2)
