@@ -31,6 +31,42 @@ func Check(dev nvml.Device, layout Layout) error {
 	return err
 }
 
+// CheckProfiles tells whether dev offers every one of profiles, with MIG
+// mode on, changing nothing. It is DRA mode's check of a rule's `mig:`
+// list, which narrows the profiles a GPU publishes: they need not fit
+// together, since the scheduler places one claim at a time.
+func CheckProfiles(dev nvml.Device, profiles []string) error {
+	if err := MigEnabled(dev); err != nil {
+		return err
+	}
+	if len(profiles) == 0 {
+		return nil
+	}
+	cat, err := ReadCatalog(dev)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range profiles {
+		if _, err := cat.Profile(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Mode says what a config's `mig:` list means to CheckNode.
+type Mode int
+
+const (
+	// AsLayout is the device-plugin mode's meaning: the instances the GPU
+	// holds, all at once (Check).
+	AsLayout Mode = iota
+	// AsAllowed is DRA mode's: the profiles the GPU may publish
+	// (CheckProfiles).
+	AsAllowed
+)
+
 // Rules is what CheckNode needs from a config: which GPUs a `shape: mig`
 // rule matches, and its layout. *config.Config satisfies it.
 type Rules interface {
@@ -41,11 +77,12 @@ type Rules interface {
 	MigLayoutFor(index int, uuid, model string) (profiles []string, key string, ok bool)
 }
 
-// CheckNode runs Check for every GPU of inv that rules give a `shape: mig`
-// rule, for `gpublocks config validate` and the daemon's config loader: a
-// config it refuses is refused whole (DESIGN §4). Each error names the
-// rule's key and the GPU, and wraps Check's sentinel.
-func CheckNode(lib nvml.Interface, inv *gpu.Inventory, rules Rules) error {
+// CheckNode runs Check (AsLayout) or CheckProfiles (AsAllowed) for every
+// GPU of inv that rules give a `shape: mig` rule, for `gpublocks config
+// validate` and the daemon's config loader: a config it refuses is refused
+// whole (DESIGN §4). Each error names the rule's key and the GPU, and wraps
+// the check's sentinel.
+func CheckNode(lib nvml.Interface, inv *gpu.Inventory, rules Rules, mode Mode) error {
 	var errs []error
 	for i := range inv.GPUs {
 		g := &inv.GPUs[i]
@@ -67,7 +104,11 @@ func CheckNode(lib nvml.Interface, inv *gpu.Inventory, rules Rules) error {
 			fail(fmt.Errorf("getting the GPU from NVML: %w", ret))
 			continue
 		}
-		if err := Check(dev, layout); err != nil {
+		check := Check
+		if mode == AsAllowed {
+			check = func(dev nvml.Device, l Layout) error { return CheckProfiles(dev, l) }
+		}
+		if err := check(dev, layout); err != nil {
 			fail(err)
 		}
 	}

@@ -63,7 +63,7 @@ gpus:
 		t.Run(name, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(tc.config))
 			require.NoError(t, err)
-			err = mig.CheckNode(b.NVML(), inv, cfg)
+			err = mig.CheckNode(b.NVML(), inv, cfg, mig.AsLayout)
 			if len(tc.want) == 0 {
 				require.NoError(t, err)
 				return
@@ -76,6 +76,31 @@ gpus:
 			}
 		})
 	}
+}
+
+// TestCheckNodeAllowed: in DRA mode `mig:` lists the profiles a GPU may
+// publish; they must exist on it but need not fit together.
+func TestCheckNodeAllowed(t *testing.T) {
+	b := simulate(t, "gpus: [{model: A100-SXM4-80GB, mig: []}, {model: A100-SXM4-40GB}]")
+	inv, err := gpu.Discover(context.Background(), b)
+	require.NoError(t, err)
+	cfg, err := config.Parse([]byte("gpus: [{match: {index: [0]}, shape: mig, mig: [7g.80gb, 3g.40gb, 3g.40gb, 3g.40gb, 1g.10gb]}]"))
+	require.NoError(t, err)
+	require.NoError(t, mig.CheckNode(b.NVML(), inv, cfg, mig.AsAllowed))
+	require.ErrorIs(t, mig.CheckNode(b.NVML(), inv, cfg, mig.AsLayout), mig.ErrDoesNotFit)
+
+	cfg, err = config.Parse([]byte(`
+gpus:
+  - {match: {index: [0]}, shape: mig, mig: [1g.5gb, 1g.10gb]}
+  - {match: {index: [1]}, shape: mig, mig: [1g.5gb]}
+`))
+	require.NoError(t, err)
+	err = mig.CheckNode(b.NVML(), inv, cfg, mig.AsAllowed)
+	require.ErrorIs(t, err, mig.ErrUnknownProfile)
+	require.ErrorContains(t, err, `gpus[0] (shape: mig) on GPU 0 (`)
+	require.ErrorContains(t, err, `unknown MIG profile "1g.5gb"`)
+	require.ErrorIs(t, err, mig.ErrDisabled)
+	require.ErrorContains(t, err, `gpus[1] (shape: mig) on GPU 1 (`)
 }
 
 func TestParseLayout(t *testing.T) {
