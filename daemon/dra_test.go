@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -356,13 +355,7 @@ func BenchmarkXIDToTaint(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	slices.Sort(samples)
-	pct := func(q float64) float64 {
-		return float64(samples[min(len(samples)-1, int(q*float64(len(samples))))].Microseconds()) / 1000
-	}
-	b.ReportMetric(pct(0.50), "ms-p50")
-	b.ReportMetric(pct(0.99), "ms-p99")
-	b.ReportMetric(0, "ns/op")
+	reportLatency(b, samples)
 	cancel()
 	require.NoError(b, <-done)
 }
