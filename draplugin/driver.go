@@ -174,7 +174,7 @@ func newDriver(ctx context.Context, o Options) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-	logger := klog.FromContext(ctx).WithName("dra")
+	logger := klog.FromContext(ctx).WithName("draplugin")
 
 	dataDir := filepath.Join(o.PluginsDir, o.DriverName)
 	for _, dir := range []string{dataDir, o.RegistrarDir} {
