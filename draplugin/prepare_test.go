@@ -430,3 +430,32 @@ func TestOptionsRequired(t *testing.T) {
 	_, err = newDriver(context.Background(), o)
 	require.ErrorIs(t, err, ErrInvalidOptions)
 }
+
+// A checkpoint that cannot be written fails the claim, which then holds
+// nothing and has no spec; an unprepare that cannot record itself leaves
+// the claim prepared, to be retried.
+func TestCheckpointWriteFails(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(t)
+	held := claim(uid(1), "held", whole("gpu", "gpu-2"))
+	mustPrepare(t, d, held)
+
+	// A directory in the checkpoint's place makes every write fail.
+	require.NoError(t, os.Remove(d.checkpoint))
+	require.NoError(t, os.Mkdir(d.checkpoint, 0o700))
+	c := claim(uid(2), "new", blocksOf("blocks", "gpu-3-blocks", 30, shareUID(2)))
+	err := prepare(t, d, c).Err
+	require.ErrorIs(t, err, ErrCheckpoint)
+	_, statErr := os.Stat(d.claimSpecs.Path(uid(2)))
+	require.ErrorIs(t, statErr, os.ErrNotExist, "no spec for a claim that is not prepared")
+	require.Len(t, d.Prepared(), 1)
+
+	require.ErrorIs(t, unprepare(t, d, held), ErrCheckpoint)
+	require.Len(t, d.Prepared(), 1, "still prepared: its devices keep counting")
+	require.ErrorIs(t, prepare(t, d, claim(uid(3), "x", whole("gpu", "gpu-2"))).Err, ErrConflict)
+
+	require.NoError(t, os.Remove(d.checkpoint))
+	require.NoError(t, unprepare(t, d, held), "the kubelet's retry succeeds")
+	require.Empty(t, d.Prepared())
+	require.Empty(t, e.unpublished(t).Prepared())
+}
