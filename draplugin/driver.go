@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
@@ -79,6 +80,10 @@ type Driver struct {
 	mu      sync.Mutex
 	devices map[string]publishedDevice
 	claims  map[types.UID]*preparedClaim
+	// healthChanged is closed (and replaced) when a Publish changes the
+	// health of a device, at healthAt.
+	healthChanged chan struct{}
+	healthAt      time.Time
 }
 
 // publishedDevice is what Prepare needs of a device in the published pool.
@@ -124,10 +129,6 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		kubeletplugin.KubeClient(o.KubeClient),
 		kubeletplugin.RegistrarDirectoryPath(o.RegistrarDir),
 		kubeletplugin.PluginDataDirectoryPath(dataDir),
-		// Health reaches the scheduler as device taints on the published
-		// slices (DESIGN §9); the kubelet's per-device health stream is
-		// not served.
-		kubeletplugin.HealthService(false),
 		kubeletplugin.GRPCInterceptor(d.watchRegistration),
 	)
 	if err != nil {
@@ -192,6 +193,8 @@ func newDriver(ctx context.Context, o Options) (*Driver, error) {
 		fatal:      make(chan error, 1),
 		wake:       make(chan struct{}, 1),
 		devices:    map[string]publishedDevice{},
+
+		healthChanged: make(chan struct{}),
 	}
 	if err := d.recover(klog.NewContext(ctx, logger)); err != nil {
 		return nil, err
@@ -262,7 +265,7 @@ func (d *Driver) Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory)
 	res = res.DeepCopy()
 
 	d.mu.Lock()
-	d.devices = devices
+	d.setDevices(devices)
 	d.mu.Unlock()
 	d.pending.Store(res)
 	select {
@@ -436,13 +439,6 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	case d.fatal <- fmt.Errorf("%s: %w", msg, err):
 	default:
 	}
-}
-
-// WatchHealthStatus implements kubeletplugin.DRAPlugin. The health
-// service is switched off (HealthService(false)): unhealthy GPUs reach
-// the scheduler as device taints instead, so the kubelet never calls it.
-func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
 	drapbv1 "k8s.io/kubelet/pkg/apis/dra/v1"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
@@ -67,7 +68,7 @@ func TestStart(t *testing.T) {
 	require.Equal(t, registerapi.DRAPlugin, info.Type)
 	require.Equal(t, dra.DriverName, info.Name)
 	require.Equal(t, filepath.Join(e.opts.PluginsDir, dra.DriverName, "dra.sock"), info.Endpoint)
-	require.ElementsMatch(t, []string{drapbv1.DRAPluginService, "v1beta1.DRAPlugin"}, info.SupportedVersions, "no health service")
+	require.ElementsMatch(t, []string{drapbv1.DRAPluginService, "v1beta1.DRAPlugin", drahealthv1.DRAResourceHealthService, "v1alpha1.DRAResourceHealth"}, info.SupportedVersions)
 	require.False(t, d.Registered())
 	_, err = reg.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: true})
 	require.NoError(t, err)
@@ -94,11 +95,23 @@ func TestStart(t *testing.T) {
 	}
 	require.Equal(t, len(pool.Devices), devices)
 
+	// The kubelet watches the devices' health.
+	conn := dial(t, info.Endpoint)
+	watch, err := drahealthv1.NewDRAResourceHealthClient(conn).NodeWatchResources(ctx, &drahealthv1.NodeWatchResourcesRequest{})
+	require.NoError(t, err)
+	health, err := watch.Recv()
+	require.NoError(t, err)
+	require.Len(t, health.Devices, len(pool.Devices))
+	for _, h := range health.Devices {
+		require.Equal(t, testNode, h.GetDevice().GetPoolName())
+		require.Equal(t, drahealthv1.HealthStatus_HEALTHY, h.GetHealth(), h.GetDevice().GetDeviceName())
+	}
+
 	// The kubelet prepares a claim it read from the API server.
 	c := claim(uid(1), "train", blocksOf("blocks", "gpu-2-blocks", 30, shareUID(1)))
 	_, err = client.ResourceV1().ResourceClaims(c.Namespace).Create(ctx, c, metav1.CreateOptions{})
 	require.NoError(t, err)
-	draClient := drapbv1.NewDRAPluginClient(dial(t, info.Endpoint))
+	draClient := drapbv1.NewDRAPluginClient(conn)
 	ref := &drapbv1.Claim{Namespace: c.Namespace, Name: c.Name, Uid: string(c.UID)}
 	prep, err := draClient.NodePrepareResources(ctx, &drapbv1.NodePrepareResourcesRequest{Claims: []*drapbv1.Claim{ref}})
 	require.NoError(t, err)
