@@ -111,10 +111,11 @@ type PreparedDevice struct {
 // Start loads the checkpoint (recovering the prepared claims, which keep
 // their devices), removes what an interrupted run left in the CDI and data
 // directories, then starts the kubeletplugin helper: the registration
-// socket in RegistrarDir and the DRA gRPC service (v1 and v1beta1) in
-// PluginsDir/<DriverName>. Nothing is published until Publish. The driver
-// stops when ctx ends or Stop is called; fatal errors of the helper are
-// reported on Fatal.
+// socket in RegistrarDir and, in PluginsDir/<DriverName>, the DRA gRPC
+// service (v1 and v1beta1) and the device health service (v1 and
+// v1alpha1). Nothing is published until Publish. The driver stops when
+// ctx ends or Stop is called; fatal errors of the helper are reported on
+// Fatal.
 func Start(ctx context.Context, o Options) (*Driver, error) {
 	d, err := newDriver(ctx, o)
 	if err != nil {
