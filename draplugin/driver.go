@@ -256,6 +256,11 @@ func (d *Driver) Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory)
 		return err
 	}
 	slicesOut := pool.Slices()
+	if len(slicesOut) == 0 {
+		// An empty pool is one empty slice: "no devices here", where no
+		// slice at all would read as "no driver here".
+		slicesOut = []dra.Slice{{}}
+	}
 	res := &resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{
 		d.opts.NodeName: {Slices: make([]resourceslice.Slice, len(slicesOut))},
 	}}
@@ -266,9 +271,11 @@ func (d *Driver) Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory)
 	res = res.DeepCopy()
 
 	d.mu.Lock()
+	// Under mu, so that concurrent calls publish in the order Prepare
+	// sees them.
 	d.setDevices(devices)
-	d.mu.Unlock()
 	d.pending.Store(res)
+	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
 	default:

@@ -459,3 +459,17 @@ func TestCheckpointWriteFails(t *testing.T) {
 	require.Empty(t, d.Prepared())
 	require.Empty(t, e.unpublished(t).Prepared())
 }
+
+// A node without devices still publishes its pool, as one empty slice.
+func TestPublishEmptyPool(t *testing.T) {
+	e := newEnv(t)
+	d := e.unpublished(t)
+	require.NoError(t, d.Publish(context.Background(), dra.Pool{}, e.inv))
+	res := d.pending.Load()
+	require.NotNil(t, res)
+	require.Len(t, res.Pools[testNode].Slices, 1)
+	require.Empty(t, res.Pools[testNode].Slices[0].Devices)
+
+	require.NoError(t, d.Publish(context.Background(), e.pool(t, nil, nil), e.inv))
+	require.Len(t, d.pending.Load().Pools[testNode].Slices, len(e.pool(t, nil, nil).Slices()), "the newest pool wins")
+}
