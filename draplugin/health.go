@@ -12,7 +12,7 @@ import (
 // The kubelet treats a device's health as unknown when it has not been
 // reported for 30 s (its default lease, which we keep); a third of that
 // leaves room for a slow node.
-var healthResend = 10 * time.Second
+const healthResend = 10 * time.Second
 
 // WatchHealthStatus implements kubeletplugin.DRAPlugin: the kubelet's
 // per-device health stream, which it shows in the status of the pods
