@@ -55,7 +55,12 @@
 //
 // # Health
 //
-// Unhealthy GPUs reach the scheduler as device taints in the published
-// slices (package dra), and Prepare refuses tainted devices; the kubelet's
-// per-device health stream (DRAResourceHealth) is switched off.
+// Health is the published pool's: package dra puts the unhealthy taint on
+// every device of a GPU the health monitor marked (DESIGN §7, §9), so the
+// scheduler stops allocating it, and Prepare refuses tainted devices. The
+// kubelet's per-device health stream (DRAResourceHealth, shown in the
+// status of the pods that use a device) is served from the same taints:
+// WatchHealthStatus reports every published device at once, again after
+// each Publish that changes a device's health, and every 10 s in between
+// (the kubelet forgets a device's health after 30 s without a report).
 package draplugin

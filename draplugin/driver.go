@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
@@ -79,6 +80,10 @@ type Driver struct {
 	mu      sync.Mutex
 	devices map[string]publishedDevice
 	claims  map[types.UID]*preparedClaim
+	// healthChanged is closed (and replaced) when a Publish changes the
+	// health of a device, at healthAt.
+	healthChanged chan struct{}
+	healthAt      time.Time
 }
 
 // publishedDevice is what Prepare needs of a device in the published pool.
@@ -106,10 +111,11 @@ type PreparedDevice struct {
 // Start loads the checkpoint (recovering the prepared claims, which keep
 // their devices), removes what an interrupted run left in the CDI and data
 // directories, then starts the kubeletplugin helper: the registration
-// socket in RegistrarDir and the DRA gRPC service (v1 and v1beta1) in
-// PluginsDir/<DriverName>. Nothing is published until Publish. The driver
-// stops when ctx ends or Stop is called; fatal errors of the helper are
-// reported on Fatal.
+// socket in RegistrarDir and, in PluginsDir/<DriverName>, the DRA gRPC
+// service (v1 and v1beta1) and the device health service (v1 and
+// v1alpha1). Nothing is published until Publish. The driver stops when
+// ctx ends or Stop is called; fatal errors of the helper are reported on
+// Fatal.
 func Start(ctx context.Context, o Options) (*Driver, error) {
 	d, err := newDriver(ctx, o)
 	if err != nil {
@@ -124,10 +130,6 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		kubeletplugin.KubeClient(o.KubeClient),
 		kubeletplugin.RegistrarDirectoryPath(o.RegistrarDir),
 		kubeletplugin.PluginDataDirectoryPath(dataDir),
-		// Health reaches the scheduler as device taints on the published
-		// slices (DESIGN §9); the kubelet's per-device health stream is
-		// not served.
-		kubeletplugin.HealthService(false),
 		kubeletplugin.GRPCInterceptor(d.watchRegistration),
 	)
 	if err != nil {
@@ -174,7 +176,7 @@ func newDriver(ctx context.Context, o Options) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-	logger := klog.FromContext(ctx).WithName("dra")
+	logger := klog.FromContext(ctx).WithName("draplugin")
 
 	dataDir := filepath.Join(o.PluginsDir, o.DriverName)
 	for _, dir := range []string{dataDir, o.RegistrarDir} {
@@ -192,6 +194,8 @@ func newDriver(ctx context.Context, o Options) (*Driver, error) {
 		fatal:      make(chan error, 1),
 		wake:       make(chan struct{}, 1),
 		devices:    map[string]publishedDevice{},
+
+		healthChanged: make(chan struct{}),
 	}
 	if err := d.recover(klog.NewContext(ctx, logger)); err != nil {
 		return nil, err
@@ -252,6 +256,11 @@ func (d *Driver) Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory)
 		return err
 	}
 	slicesOut := pool.Slices()
+	if len(slicesOut) == 0 {
+		// An empty pool is one empty slice: "no devices here", where no
+		// slice at all would read as "no driver here".
+		slicesOut = []dra.Slice{{}}
+	}
 	res := &resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{
 		d.opts.NodeName: {Slices: make([]resourceslice.Slice, len(slicesOut))},
 	}}
@@ -262,9 +271,11 @@ func (d *Driver) Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory)
 	res = res.DeepCopy()
 
 	d.mu.Lock()
-	d.devices = devices
-	d.mu.Unlock()
+	// Under mu, so that concurrent calls publish in the order Prepare
+	// sees them.
+	d.setDevices(devices)
 	d.pending.Store(res)
+	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
 	default:
@@ -436,13 +447,6 @@ func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
 	case d.fatal <- fmt.Errorf("%s: %w", msg, err):
 	default:
 	}
-}
-
-// WatchHealthStatus implements kubeletplugin.DRAPlugin. The health
-// service is switched off (HealthService(false)): unhealthy GPUs reach
-// the scheduler as device taints instead, so the kubelet never calls it.
-func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)

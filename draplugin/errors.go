@@ -8,13 +8,13 @@ var (
 	// ErrUnknownDevice means a claim names a device this node does not
 	// publish (another pool, a device that left the pool, or one that is
 	// not published yet after a restart).
-	ErrUnknownDevice = errors.New("device not published by this node")
+	ErrUnknownDevice = errors.New("unknown device")
 	// ErrUnhealthy means a claim names a device that carries the unhealthy
 	// taint.
-	ErrUnhealthy = errors.New("device is unhealthy")
+	ErrUnhealthy = errors.New("unhealthy device")
 	// ErrConflict means preparing a claim would hand a device, or part of
 	// a GPU, to two claims at once.
-	ErrConflict = errors.New("device already prepared for another claim")
+	ErrConflict = errors.New("double assignment")
 	// ErrInvalidAllocation means a claim's allocation cannot be served as
 	// it stands (a blocks share without a valid consumedCapacity, an
 	// allocation that changed under a prepared claim).

@@ -154,7 +154,7 @@ func (d *Driver) ours(claim *resourceapi.ResourceClaim) []resourceapi.DeviceRequ
 func (d *Driver) resolve(claim *resourceapi.ResourceClaim, u usage) (*preparedClaim, usage, error) {
 	pc := &preparedClaim{Namespace: claim.Namespace, Name: claim.Name}
 	if claim.Status.Allocation == nil {
-		return nil, u, fmt.Errorf("%w: claim %s is not allocated", ErrInvalidAllocation, klog.KObj(claim))
+		return nil, u, fmt.Errorf("%w: claim %s is not allocated; %s", ErrInvalidAllocation, klog.KObj(claim), reallocate)
 	}
 	next := u.clone()
 	holder := holder{uid: claim.UID, ns: claim.Namespace, name: claim.Name}
