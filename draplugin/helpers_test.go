@@ -19,6 +19,7 @@ import (
 	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 const testNode = "node-a"
@@ -57,7 +58,7 @@ func (e *env) pool(t testing.TB, cfg *config.Config, unhealthy map[string]string
 	if cfg == nil {
 		cfg = config.Default()
 	}
-	return dra.BuildPool(dra.PoolInput{Offers: dra.Offers(e.inv, cfg, nil), DriverVersion: e.inv.DriverVersion, Unhealthy: unhealthy})
+	return dra.BuildPool(dra.PoolInput{Offers: shape.Offers(e.inv, cfg, nil), DriverVersion: e.inv.DriverVersion, Unhealthy: unhealthy})
 }
 
 // driver is a Driver over e's directories that serves nothing (no
