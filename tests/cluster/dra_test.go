@@ -328,8 +328,52 @@ func TestDRA(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, left, "per-claim CDI specs left after every pod is gone")
 		t.Logf("all %d per-claim CDI specs removed after their pods were deleted (the last ones unprepared by the restarted plugin)", len(paths))
+		d.logKubeletDRAMetrics()
 	})
 }
+
+// logKubeletDRAMetrics logs how long the kubelet's DRA gRPC calls to the
+// plugin took, from the kubelet's own histogram (its buckets start at
+// 0.1 s, so only the count and the mean say anything here).
+func (d *draRun) logKubeletDRAMetrics() {
+	t := d.t
+	data, err := cl.Client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/" + fixture.NodeName + "/proxy/metrics").DoRaw(d.ctx)
+	if err != nil {
+		t.Logf("kubelet metrics: %v", err)
+		return
+	}
+	sums, counts := map[string]float64{}, map[string]float64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		var into map[string]float64
+		switch {
+		case strings.HasPrefix(line, "dra_grpc_operations_duration_seconds_sum{"):
+			into = sums
+		case strings.HasPrefix(line, "dra_grpc_operations_duration_seconds_count{"):
+			into = counts
+		default:
+			continue
+		}
+		m := grpcMethod.FindStringSubmatch(line)
+		f := strings.Fields(line)
+		if m == nil || len(f) < 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			into[m[1]] += v
+		}
+	}
+	for _, method := range []string{"NodePrepareResources", "NodeUnprepareResources"} {
+		if n := counts[method]; n > 0 {
+			t.Logf("kubelet → plugin %s: %.0f calls, mean %s (kubelet's dra_grpc_operations_duration_seconds)", method, n, time.Duration(sums[method]/n*float64(time.Second)).Round(time.Microsecond))
+		} else {
+			t.Logf("kubelet → plugin %s: no calls in the kubelet's metrics", method)
+		}
+	}
+}
+
+// grpcMethod finds the DRA gRPC method in a kubelet metric's labels.
+var grpcMethod = regexp.MustCompile(`method_name="[^"]*/(Node[A-Za-z]+)"`)
 
 // draRun carries the DRA test's state between its steps.
 type draRun struct {

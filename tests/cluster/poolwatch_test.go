@@ -171,12 +171,6 @@ func (w *poolWatch) waitSince(t *testing.T, what string, since time.Time, timeou
 	}
 }
 
-// wait is waitSince from now.
-func (w *poolWatch) wait(t *testing.T, what string, timeout time.Duration, ok func(poolState) bool) poolState {
-	t.Helper()
-	return w.waitSince(t, what, time.Now(), timeout, ok)
-}
-
 // describeTaints lists the tainted devices of a state, for messages.
 func describeTaints(s poolState) string {
 	var out []string
