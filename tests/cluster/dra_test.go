@@ -279,10 +279,18 @@ func TestDRA(t *testing.T) {
 		killed := time.Now()
 		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 		t.Logf("killed the plugin (pid %d) with SIGKILL", pid)
-		after, err := cl.WaitPod(ctx, namespace, dsPod.Name, podTimeout, func(p *v1.Pod) bool {
-			return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount > restarts && podReady(p)
+		// Not WaitPod: a container the kubelet restarts may pass through
+		// a back-off, which is no failure here.
+		var after *v1.Pod
+		err = cl.Wait(ctx, "the plugin container restarted and Ready", podTimeout, func(ctx context.Context) (bool, error) {
+			p, err := cl.Client.CoreV1().Pods(namespace).Get(ctx, dsPod.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			after = p
+			return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount > restarts && podReady(p), nil
 		})
-		require.NoError(t, err, "the plugin container was not restarted and Ready again")
+		require.NoError(t, err, "%s", cl.Describe(ctx, namespace, dsPod.Name))
 		t.Logf("plugin container restarted and Ready %s after SIGKILL (restarts: %d)", time.Since(killed).Round(time.Millisecond), after.Status.ContainerStatuses[0].RestartCount)
 		newPID := d.pluginPID(after)
 		require.NotEqual(t, pid, newPID)
