@@ -169,6 +169,11 @@ func TestDRA(t *testing.T) {
 	var extGPU int
 	t.Run("a pod asking nvidia.com/gpu: 1 is served through the DeviceClass", func(t *testing.T) {
 		d.t = t
+		// KEP-5004: the scheduler serves nvidia.com/gpu through the
+		// DeviceClass only on nodes that do not offer it as a device
+		// plugin's resource; the kubelet zeroes what the device-plugin
+		// test's plugin left once it notices the plugin gone.
+		waitNoDevicePluginGPUs(t, ctx)
 		pc := d.runExtendedResourcePod("dra-ext-gpu", 1)
 		require.Len(t, pc.gpus, 1)
 		extGPU = pc.gpus[0]
@@ -653,6 +658,14 @@ func (d *draRun) checkClaimPod(name string) podClaim {
 		for _, key := range []string{"GPUBLOCKS_BLOCKS", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"} {
 			require.NotContains(t, pc.env, key, "pod %s holds whole GPUs, not blocks", name)
 		}
+		if got, ok := pc.env["GPUBLOCKS_GPU_UUID"]; ok {
+			var want []string
+			for _, g := range pc.gpus {
+				want = append(want, d.uuids[g])
+			}
+			require.Equal(t, strings.Join(want, ","), got, "pod %s: GPUBLOCKS_GPU_UUID names its GPUs in index order", name)
+			require.Equal(t, got, specEnv["GPUBLOCKS_GPU_UUID"], "claim %s's CDI spec: GPUBLOCKS_GPU_UUID", pc.claim.Name)
+		}
 	}
 	return pc
 }
@@ -916,6 +929,20 @@ func cleanupDRA(t *testing.T, ctx context.Context) {
 	err := cl.Client.ResourceV1().ResourceSlices().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{FieldSelector: "spec.driver=" + draDriver})
 	if err != nil && !apierrors.IsNotFound(err) {
 		t.Errorf("cleanup: ResourceSlices: %v", err)
+	}
+}
+
+// waitNoDevicePluginGPUs waits until the node offers no nvidia.com/gpu
+// of a device plugin (absent, or zero allocatable).
+func waitNoDevicePluginGPUs(t *testing.T, ctx context.Context) {
+	t.Helper()
+	start := time.Now()
+	require.NoError(t, cl.Wait(ctx, "no device-plugin "+gpuResource+" allocatable on the node", changeTimeout, func(ctx context.Context) (bool, error) {
+		_, allocatable, err := cl.NodeResources(ctx, gpuResource)
+		return err == nil && allocatable[gpuResource] == 0, nil
+	}))
+	if waited := time.Since(start); waited > time.Second {
+		t.Logf("waited %s for the node's device-plugin %s to go", waited.Round(time.Millisecond), gpuResource)
 	}
 }
 
