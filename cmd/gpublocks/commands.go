@@ -104,7 +104,7 @@ func newInspectCommand() *cobra.Command {
 With --kubelet-api dra it prints, as YAML, the ResourceSlices serve would
 publish for this node (named by --node-name, else the host name), without
 asking an API server.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := logContext(cmd)
 			if o.KubeletAPI != daemon.KubeletAPIDRA {
