@@ -592,7 +592,7 @@ func (d *draRun) checkClaimPod(name string) podClaim {
 	var logs string
 	require.NoError(t, cl.Wait(d.ctx, "pod "+name+" printed its devices", podTimeout, func(ctx context.Context) (bool, error) {
 		logs, err = cl.Logs(ctx, podNamespace, name, "main")
-		return err == nil && strings.Contains(logs, "devices:"), nil
+		return err == nil && strings.Contains(logs, devicesEnd), nil
 	}))
 	p := d.getPod(name)
 	pc := podClaim{claim: d.podClaim(p), env: map[string]string{}, gpu: -1}
