@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpublocks/gpublocks/tests/cluster/fixture"
@@ -207,7 +208,6 @@ func TestDRA(t *testing.T) {
 		pc := d.checkClaimPod("dra-b60-waits")
 		require.Equal(t, other, pc.gpu)
 		d.requireNoAdmissionFailure("dra-b60-waits")
-		require.NoError(t, cl.DeletePod(ctx, podNamespace, "dra-fill", podTimeout))
 	})
 
 	var free []int // whole GPUs free after the fill is gone
@@ -220,6 +220,7 @@ func TestDRA(t *testing.T) {
 	t.Run("an XID taints the GPU's devices and a new claim avoids it", func(t *testing.T) {
 		d.t = t
 		require.Len(t, free, dgxa100GPUs-3)
+		require.NoError(t, cl.DeletePod(ctx, podNamespace, "dra-fill", podTimeout))
 		// All free GPUs but the last fall off the bus (XID 79; their
 		// probes fail, so they stay tainted until restored): a claim for
 		// one whole GPU can only get the last.
@@ -350,7 +351,7 @@ func TestDRA(t *testing.T) {
 // 0.1 s, so only the count and the mean say anything here).
 func (d *draRun) logKubeletDRAMetrics() {
 	t := d.t
-	data, err := cl.Client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes/" + fixture.NodeName + "/proxy/metrics").DoRaw(d.ctx)
+	data, err := kubeletMetrics(d.ctx)
 	if err != nil {
 		t.Logf("kubelet metrics: %v", err)
 		return
@@ -383,6 +384,38 @@ func (d *draRun) logKubeletDRAMetrics() {
 			t.Logf("kubelet → plugin %s: no calls in the kubelet's metrics", method)
 		}
 	}
+}
+
+// kubeletMetrics reads the kubelet's /metrics on loopback, as the admin
+// (the API server will not proxy to a loopback node address).
+func kubeletMetrics(ctx context.Context) ([]byte, error) {
+	n, err := cl.Client.CoreV1().Nodes().Get(ctx, fixture.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	tlsConfig, err := rest.TLSConfigFor(cl.RESTConfig)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig}, Timeout: 10 * time.Second}
+	url := fmt.Sprintf("https://127.0.0.1:%d/metrics", n.Status.DaemonEndpoints.KubeletEndpoint.Port)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, data)
+	}
+	return data, nil
 }
 
 // grpcMethod finds the DRA gRPC method in a kubelet metric's labels.
@@ -515,11 +548,28 @@ func (d *draRun) createTemplate(name string, req resourceapi.ExactDeviceRequest)
 	require.NoError(d.t, err)
 }
 
+// draScript is devicesScript for pods that end on SIGTERM at once.
+const draScript = `echo "devices: $(cd /dev && ls -d nvidia* 2>/dev/null | tr '\n' ' ')"; env | grep -E '^(NVIDIA|GPUBLOCKS|CUDA)_' | sort; echo ` + devicesEnd + `; trap 'exit 0' TERM; sleep 1000000 & wait`
+
+// draPod is a busybox pod for the DRA test, deleted gracefully: a pod
+// deleted with a zero grace period leaves the API at once, so its claims
+// are released (and may be allocated again) while the kubelet has yet to
+// stop its container and unprepare them; the plugin then rightly refuses
+// the new claim's prepare until the old unprepare arrives. With a grace
+// period the kubelet unprepares before the pod's status changes, as for
+// any pod a user deletes.
+func draPod(name string, resources map[string]int64) *v1.Pod {
+	pod := fixture.BusyboxPod(podNamespace, name, draScript, resources)
+	pod.Labels = map[string]string{draLabel: "dra"}
+	grace := int64(30)
+	pod.Spec.TerminationGracePeriodSeconds = &grace
+	return pod
+}
+
 // startClaimPod creates a busybox pod with one claim from a template; it
 // does not wait.
 func (d *draRun) startClaimPod(name, template string) {
-	pod := fixture.BusyboxPod(podNamespace, name, devicesScript, nil)
-	pod.Labels = map[string]string{draLabel: "dra"}
+	pod := draPod(name, nil)
 	pod.Spec.ResourceClaims = []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: &template}}
 	pod.Spec.Containers[0].Resources.Claims = []v1.ResourceClaim{{Name: "gpu"}}
 	_, err := cl.Client.CoreV1().Pods(podNamespace).Create(d.ctx, pod, metav1.CreateOptions{})
@@ -530,8 +580,7 @@ func (d *draRun) startClaimPod(name, template string) {
 // scheduler serves through the DeviceClass's extendedResourceName with a
 // claim of its own, and checks it like a claim pod.
 func (d *draRun) runExtendedResourcePod(name string, n int64) podClaim {
-	pod := fixture.BusyboxPod(podNamespace, name, devicesScript, map[string]int64{gpuResource: n})
-	pod.Labels = map[string]string{draLabel: "dra"}
+	pod := draPod(name, map[string]int64{gpuResource: n})
 	_, err := cl.Client.CoreV1().Pods(podNamespace).Create(d.ctx, pod, metav1.CreateOptions{})
 	require.NoError(d.t, err)
 	pc := d.checkClaimPod(name)
