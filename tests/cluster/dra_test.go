@@ -945,23 +945,34 @@ func (d *draRun) inject(gpu int, what, xid string) time.Duration {
 
 // deletePods deletes the DRA test's pods and waits until they are gone.
 func (d *draRun) deletePods() {
-	pods, err := cl.Client.CoreV1().Pods(podNamespace).List(d.ctx, metav1.ListOptions{LabelSelector: draLabel + "=dra"})
-	require.NoError(d.t, err)
-	for _, p := range pods.Items {
-		require.NoError(d.t, cl.DeletePod(d.ctx, podNamespace, p.Name, podTimeout))
+	require.NoError(d.t, deleteDRAPods(d.ctx))
+}
+
+// deleteDRAPods deletes every pod of the DRA test at once (each ends
+// gracefully, which takes the kubelet a moment) and waits until all are
+// gone.
+func deleteDRAPods(ctx context.Context) error {
+	pods, err := cl.Client.CoreV1().Pods(podNamespace).List(ctx, metav1.ListOptions{LabelSelector: draLabel + "=dra"})
+	if err != nil {
+		return err
 	}
+	for _, p := range pods.Items {
+		if err := cl.Client.CoreV1().Pods(podNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	return cl.Wait(ctx, "the DRA test's pods gone", podTimeout, func(ctx context.Context) (bool, error) {
+		left, err := cl.Client.CoreV1().Pods(podNamespace).List(ctx, metav1.ListOptions{LabelSelector: draLabel + "=dra"})
+		return err == nil && len(left.Items) == 0, nil
+	})
 }
 
 // cleanupDRA leaves the cluster as the test found it: pods, claim
 // templates and the release gone, then the node's slices of the driver.
 func cleanupDRA(t *testing.T, ctx context.Context) {
 	sel := metav1.ListOptions{LabelSelector: draLabel + "=dra"}
-	if pods, err := cl.Client.CoreV1().Pods(podNamespace).List(ctx, sel); err == nil {
-		for _, p := range pods.Items {
-			if err := cl.DeletePod(ctx, podNamespace, p.Name, podTimeout); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
+	if err := deleteDRAPods(ctx); err != nil {
+		t.Errorf("cleanup: %v", err)
 	}
 	if err := cl.Client.ResourceV1().ResourceClaimTemplates(podNamespace).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
 		t.Errorf("cleanup: claim templates: %v", err)
