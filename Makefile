@@ -1,6 +1,8 @@
 # gpublocks — see README.md. `make demo` and `make test` are the two entry points.
 GO       ?= go
 BIN      ?= bin/gpublocks
+BIN_DRA  ?= bin/gpublocks-dra
+VERSION_VAR := github.com/gpublocks/gpublocks/internal/cli.version
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # go-nvml is cgo; its header marks many functions deprecated, which only adds noise.
 export CGO_ENABLED := 1
@@ -15,8 +17,11 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 all: build
 
+## build: bin/gpublocks (device plugin and tools) and bin/gpublocks-dra (the same plus DRA
+## mode, which links client-go; `gpublocks serve --kubelet-api dra` runs it)
 build:
-	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+	$(GO) build -trimpath -ldflags "-X $(VERSION_VAR)=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+	$(GO) build -trimpath -ldflags "-X $(VERSION_VAR)=$(VERSION)" -o $(BIN_DRA) ./cmd/gpublocks-dra
 
 ## image: $(IMAGE), an OCI image archive of the binary and the glibc runtime
 ## it needs (Debian packages fetched and verified by apt), without a container

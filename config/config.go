@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpublocks/gpublocks/mig"
 )
 
 // ErrInvalid is wrapped by every parse and validation failure.
@@ -26,6 +28,9 @@ const Version = "v1"
 const (
 	ShapeWhole  = "whole"
 	ShapeBlocks = "blocks"
+	// ShapeMig offers a MIG-enabled GPU as MIG devices; with a rule's MIG
+	// list, gpublocks makes the GPU's instances equal it (DESIGN §10).
+	ShapeMig = "mig"
 )
 
 // MIG strategies (NVIDIA-compatible semantics).
@@ -92,6 +97,11 @@ const (
 type Rule struct {
 	Match Match  `json:"match"`
 	Shape string `json:"shape"`
+	// MIG is the MIG layout of a `shape: mig` rule: NVIDIA GPU instance
+	// profile names, one per instance (e.g. [3g.40gb, 1g.10gb, 1g.10gb]);
+	// order does not matter. Absent (nil) keeps whatever layout the GPU
+	// has; `mig: []` asks for no instances. A GPU holds at most eight.
+	MIG []string `json:"mig,omitempty" maxItems:"8"`
 }
 
 // Match selects GPUs. Exactly one field is set.
@@ -248,8 +258,21 @@ func (c *Config) Validate() error {
 	}
 	for i, r := range c.GPUs {
 		p := fmt.Sprintf("gpus[%d]", i)
-		if r.Shape != ShapeWhole && r.Shape != ShapeBlocks {
-			bad("%s.shape: %q is not one of whole, blocks (MIG follows the GPU's MIG mode)", p, r.Shape)
+		if r.Shape != ShapeWhole && r.Shape != ShapeBlocks && r.Shape != ShapeMig {
+			bad("%s.shape: %q is not one of whole, blocks, mig", p, r.Shape)
+		}
+		if r.MIG != nil {
+			switch {
+			case r.Shape != ShapeMig:
+				bad("%s.mig: only a rule with shape: mig takes a MIG layout, this one is shape: %s; remove mig or write shape: mig", p, r.Shape)
+			case c.MigStrategy == MigNone:
+				bad("%s.mig: migStrategy none offers no MIG devices, so a MIG layout would serve nothing; set migStrategy to mixed or single, or remove mig", p)
+			}
+			for j, name := range r.MIG {
+				if err := mig.ValidateProfile(name); err != nil {
+					bad("%s.mig[%d]: %v", p, j, err)
+				}
+			}
 		}
 		n := 0
 		if r.Match.Index != nil {

@@ -80,7 +80,7 @@ migStrategy: some
 deviceListStrategy: [cdi, envvar, envvar]
 blocks: {policy: random, resourceName: "A/B"}
 health: {quietPeriod: 10ms}
-gpus: [{match: {}, shape: mig}]
+gpus: [{match: {}, shape: slices}]
 `,
 			wantErr: []string{
 				`version: "v2" is not supported; write "v1"`,
@@ -90,7 +90,7 @@ gpus: [{match: {}, shape: mig}]
 				`blocks.policy: "random"`,
 				`blocks.resourceName: "A/B"`,
 				`health.quietPeriod`,
-				`gpus[0].shape: "mig"`,
+				`gpus[0].shape: "slices" is not one of whole, blocks, mig`,
 				`gpus[0].match: set exactly one`,
 			},
 		},
@@ -137,6 +137,61 @@ gpus: [{match: {}, shape: mig}]
 		"bad domain": {
 			in:      "resourceDomain: Nvidia_com",
 			wantErr: []string{"resourceDomain"},
+		},
+		"mig layout": {
+			in: `
+gpus:
+  - match: {index: [0]}
+    shape: mig
+    mig: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb+me]
+  - match: {index: [1]}
+    shape: mig
+    mig: []
+  - match: {model: "*A100*"}
+    shape: mig
+`,
+			check: func(t *testing.T, c *Config) {
+				profiles, key, ok := c.MigLayoutFor(0, "GPU-a", "NVIDIA A100-SXM4-80GB")
+				require.True(t, ok)
+				require.Equal(t, "gpus[0]", key)
+				require.Equal(t, []string{"3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb+me"}, profiles)
+				profiles, key, ok = c.MigLayoutFor(1, "GPU-b", "NVIDIA H100")
+				require.True(t, ok)
+				require.Equal(t, "gpus[1]", key)
+				require.NotNil(t, profiles, "mig: [] asks for no instances")
+				require.Empty(t, profiles)
+				profiles, key, ok = c.MigLayoutFor(2, "GPU-c", "NVIDIA A100-SXM4-80GB")
+				require.True(t, ok)
+				require.Equal(t, "gpus[2]", key)
+				require.Nil(t, profiles, "no mig: keeps the GPU's layout")
+				_, _, ok = c.MigLayoutFor(3, "GPU-d", "NVIDIA H100")
+				require.False(t, ok, "no rule")
+				require.Equal(t, ShapeMig, c.ShapeFor(2, "GPU-c", "NVIDIA A100-SXM4-80GB"))
+			},
+		},
+		"mig layout on a whole rule": {
+			in:      "gpus: [{match: {index: [0]}, shape: whole, mig: [7g.80gb]}]",
+			wantErr: []string{"gpus[0].mig: only a rule with shape: mig takes a MIG layout, this one is shape: whole"},
+		},
+		"mig layout on a blocks rule": {
+			in:      "gpus: [{match: {index: [0]}, shape: blocks, mig: []}]",
+			wantErr: []string{"gpus[0].mig: only a rule with shape: mig", "shape: blocks"},
+		},
+		"mig layout with migStrategy none": {
+			in:      "migStrategy: none\ngpus: [{match: {index: [0]}, shape: mig, mig: [7g.80gb]}]",
+			wantErr: []string{"gpus[0].mig: migStrategy none offers no MIG devices"},
+		},
+		"bad profiles are named": {
+			in:      "gpus: [{match: {index: [0]}, shape: mig, mig: [1g.10gb, 1g.10g, 1c.3g.40gb, big]}]",
+			wantErr: []string{`gpus[0].mig[1]: invalid MIG profile "1g.10g"`, `gpus[0].mig[2]: invalid MIG profile "1c.3g.40gb"`, "such as 3g.40gb", `gpus[0].mig[3]: invalid MIG profile "big"`},
+		},
+		"a profile that is not a string": {
+			in:      "gpus: [{match: {index: [0]}, shape: mig, mig: [{a: 1}]}]",
+			wantErr: []string{"gpus.mig: want string, got object"},
+		},
+		"too many instances": {
+			in:      "gpus: [{match: {index: [0]}, shape: mig, mig: [1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb, 1g.5gb]}]",
+			wantErr: []string{"gpus[0].mig: 9 entries, more than the 8 allowed"},
 		},
 		"bad glob": {
 			in:      `gpus: [{match: {model: "[A100"}, shape: blocks}]`,

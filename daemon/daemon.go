@@ -19,7 +19,6 @@ import (
 
 	"github.com/gpublocks/gpublocks/cdi"
 	"github.com/gpublocks/gpublocks/config"
-	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/plugin"
@@ -56,9 +55,10 @@ type Options struct {
 	NodeClient *NodeAPI
 	// KubeletAPI is KubeletAPIDevicePlugin ("" too) or KubeletAPIDRA.
 	KubeletAPI string
-	// DRA is the kubelet DRA plugin that publishes the pool in DRA mode;
-	// required then, unused otherwise.
-	DRA DRADriver
+	// Publisher serves the kubelet in DRA mode (package draserve, linked
+	// only into the gpublocks-dra executable); required then, unused
+	// otherwise.
+	Publisher Publisher
 }
 
 func (o *Options) dra() bool { return o.KubeletAPI == KubeletAPIDRA }
@@ -88,10 +88,10 @@ type State struct {
 	Plan      *shape.Plan
 	Spec      *specs.Spec
 	Omissions []cdi.Omission
-	// Offers and Pool are what DRA mode publishes (nil otherwise): what
-	// each GPU offers, and the devices and counters made from it.
+	// Offers is what each GPU offers to DRA (nil in device-plugin mode),
+	// and Faults why each unhealthy device is, for DRA's device taints.
 	Offers []shape.Offer
-	Pool   *dra.Pool
+	Faults map[string]string
 }
 
 // Compute discovers the GPUs through b, plans them under cfg with the given
@@ -151,15 +151,13 @@ func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config
 	st := &State{Inventory: inv, Config: cfg, Plan: p, Spec: spec, Omissions: omissions}
 	if o.dra() {
 		st.Offers = shape.Offers(inv, cfg, keep.offers)
-		reasons := map[string]string{}
+		st.Faults = map[string]string{}
 		for uuid := range unhealthy {
-			reasons[uuid] = h.reasons[uuid]
-			if reasons[uuid] == "" {
-				reasons[uuid] = "unhealthy"
+			st.Faults[uuid] = h.reasons[uuid]
+			if st.Faults[uuid] == "" {
+				st.Faults[uuid] = "unhealthy"
 			}
 		}
-		pool := dra.BuildPool(dra.PoolInput{Offers: st.Offers, DriverVersion: inv.DriverVersion, Unhealthy: reasons, TaintEffect: taintEffect(cfg)})
-		st.Pool = &pool
 	}
 	return st, nil
 }
@@ -266,10 +264,10 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook(), Logger: &logger})
 		d.pub = devicePlugins{d.manager}
 	case KubeletAPIDRA:
-		if o.DRA == nil {
-			return nil, errors.New("DRA mode needs the DRA driver")
+		if o.Publisher == nil {
+			return nil, errors.New("DRA mode needs its publisher (the gpublocks-dra executable)")
 		}
-		d.pub = draPublisher{o.DRA}
+		d.pub = external{o.Publisher}
 	default:
 		return nil, fmt.Errorf("--kubelet-api %q is not one of %s, %s", o.KubeletAPI, KubeletAPIDevicePlugin, KubeletAPIDRA)
 	}
@@ -650,7 +648,7 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 func (d *Daemon) planConfig(ctx context.Context, inv *gpu.Inventory, cfg *config.Config, src config.Source, prev *State, alloc *allocations, h faults) (*State, kept, error) {
 	keep := kept{shapes: shapesToKeep(prev, inv, cfg, alloc)}
 	if d.opts.dra() {
-		keep.offers = draKeep(prev, inv, cfg, d.opts.DRA.PreparedDevices())
+		keep.offers = draKeep(prev, inv, cfg, d.opts.Publisher.Prepared())
 	}
 	st, err := plan(ctx, inv, d.opts, cfg, d.driver, h, keep)
 	if err != nil {

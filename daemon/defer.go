@@ -44,7 +44,7 @@ func (a *allocations) has(id string) bool { return a.unknown || a.ids[id] }
 func (d *Daemon) allocated(ctx context.Context) *allocations {
 	if d.opts.dra() {
 		// What is prepared: the driver's checkpoint, in memory.
-		return preparedAllocations(d.opts.DRA.PreparedDevices())
+		return preparedAllocations(d.opts.Publisher.Prepared())
 	}
 	logger := klog.FromContext(ctx)
 	byResource, err := listAllocated(ctx, d.opts.PodResourcesSocket, d.opts.PodResourcesTimeout)

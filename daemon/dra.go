@@ -1,120 +1,20 @@
 package daemon
 
 import (
-	"context"
-	"fmt"
-	"maps"
-	"slices"
-	"strings"
-
-	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/config"
-	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
-	"github.com/gpublocks/gpublocks/metrics"
 	"github.com/gpublocks/gpublocks/shape"
 )
 
-// DRADriver is the kubelet's DRA plugin that serve runs with --kubelet-api
-// dra (package draplugin): it registers with the kubelet, prepares claims
-// and hands the pool to the ResourceSlice controller.
-type DRADriver interface {
-	// Publish makes pool the node's published pool.
-	Publish(ctx context.Context, pool dra.Pool, inv *gpu.Inventory) error
-	// PreparedDevices lists every device of every prepared claim.
-	PreparedDevices() []PreparedDevice
-	// Registered reports whether the kubelet registered the plugin.
-	Registered() bool
-}
-
-// PreparedDevice is one device of a prepared claim.
+// PreparedDevice is one device of a claim the DRA driver has prepared.
 type PreparedDevice struct {
 	Device  string // the device's name in the pool, e.g. gpu-0-blocks
-	Type    string // dra.TypeGPU, dra.TypeBlocks or dra.TypeMIG
+	Shape   string // shape.Whole, shape.Blocks or shape.MIG
 	GPUUUID string // the physical GPU (the parent, for a MIG device)
 	UUID    string // the GPU's or the MIG device's UUID
-}
-
-// draPublisher publishes through DRA: the node's pool of devices, with
-// taints for unhealthy GPUs, handed to the driver's ResourceSlice
-// controller.
-type draPublisher struct{ drv DRADriver }
-
-// check refuses a pool that would stop publishing a prepared device: the
-// scheduler would no longer count what the device consumes and could hand
-// its GPU out again. Keeping prepared devices published (draKeep) is what
-// prevents it; this is the last line.
-func (p draPublisher) check(st *State) error {
-	published := map[string]bool{}
-	for _, d := range st.Pool.Devices {
-		published[d.Name] = true
-	}
-	var missing []string
-	for _, d := range p.drv.PreparedDevices() {
-		if !published[d.Device] {
-			missing = append(missing, d.Device)
-		}
-	}
-	if len(missing) > 0 {
-		slices.Sort(missing)
-		return fmt.Errorf("the new pool leaves out prepared devices %s; it applies once their claims are released", strings.Join(slices.Compact(missing), ", "))
-	}
-	return nil
-}
-
-func (p draPublisher) publish(ctx context.Context, st *State) error {
-	if err := p.check(st); err != nil {
-		return err
-	}
-	return p.drv.Publish(ctx, *st.Pool, st.Inventory)
-}
-
-// run has nothing to serve itself: the driver serves the kubelet from the
-// moment it starts, and the command stops it.
-func (p draPublisher) run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
-}
-
-func (p draPublisher) registered() bool { return p.drv.Registered() }
-
-// served counts the published devices per DeviceClass, tainted ones as
-// unhealthy.
-func (p draPublisher) served(st *State) []metrics.Resource {
-	byType := map[string]*metrics.Resource{}
-	for _, d := range st.Pool.Devices {
-		typ := ""
-		if a, ok := d.Attributes["type"]; ok && a.StringValue != nil {
-			typ = *a.StringValue
-		}
-		name := deviceClass(typ)
-		c := byType[name]
-		if c == nil {
-			c = &metrics.Resource{Name: name}
-			byType[name] = c
-		}
-		if len(d.Taints) > 0 {
-			c.Unhealthy++
-		} else {
-			c.Healthy++
-		}
-	}
-	out := make([]metrics.Resource, 0, len(byType))
-	for _, name := range slices.Sorted(maps.Keys(byType)) {
-		out = append(out, *byType[name])
-	}
-	return out
-}
-
-// deviceClass names the DeviceClass that selects devices of a type.
-func deviceClass(typ string) string {
-	if typ == dra.TypeGPU {
-		return dra.DriverName
-	}
-	return typ + "." + dra.DriverName
 }
 
 // preparedAllocations describes prepared claims in the device plugin's ID
@@ -124,10 +24,10 @@ func deviceClass(typ string) string {
 func preparedAllocations(prepared []PreparedDevice) *allocations {
 	a := &allocations{ids: map[string]bool{}}
 	for _, d := range prepared {
-		switch d.Type {
-		case dra.TypeBlocks:
+		switch d.Shape {
+		case shape.Blocks:
 			a.ids[blocks.FormatID(d.GPUUUID, 0)] = true
-		case dra.TypeMIG:
+		case shape.MIG:
 			a.ids[d.UUID] = true
 		default:
 			a.ids[d.GPUUUID] = true
@@ -161,12 +61,12 @@ func draKeep(prev *State, inv *gpu.Inventory, cfg *config.Config, prepared []Pre
 	kept := map[string]bool{}
 	for _, d := range prepared {
 		w, ok := want[d.GPUUUID]
-		if !ok || w.GPU.MigEnabled || d.Type == dra.TypeMIG {
+		if !ok || w.GPU.MigEnabled || d.Shape == shape.MIG {
 			// A GPU gone from the inventory, or MIG devices, which
 			// follow the GPU's layout, not the config.
 			continue
 		}
-		if (d.Type == dra.TypeGPU && !w.Whole) || (d.Type == dra.TypeBlocks && !w.Blocks) {
+		if (d.Shape == shape.Whole && !w.Whole) || (d.Shape == shape.Blocks && !w.Blocks) {
 			kept[d.GPUUUID] = true
 		}
 	}
@@ -183,23 +83,15 @@ func draKeep(prev *State, inv *gpu.Inventory, cfg *config.Config, prepared []Pre
 			continue
 		}
 		k := keep[d.GPUUUID]
-		switch d.Type {
-		case dra.TypeGPU:
+		switch d.Shape {
+		case shape.Whole:
 			k.Whole = true
-		case dra.TypeBlocks:
+		case shape.Blocks:
 			k.Blocks = true
 		}
 		keep[d.GPUUUID] = k
 	}
 	return keep
-}
-
-// taintEffect maps the config's health.draTaintEffect to the API's.
-func taintEffect(cfg *config.Config) resourceapi.DeviceTaintEffect {
-	if cfg.Health.DRATaintEffect == config.TaintNoExecute {
-		return resourceapi.DeviceTaintEffectNoExecute
-	}
-	return resourceapi.DeviceTaintEffectNoSchedule
 }
 
 // logKeptOffers logs GPUs that start or stop keeping their DRA offer while

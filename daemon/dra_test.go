@@ -20,11 +20,13 @@ import (
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/health"
+	"github.com/gpublocks/gpublocks/metrics"
 	"github.com/gpublocks/gpublocks/shape"
 )
 
-// fakeDRA stands in for the kubelet DRA plugin: it records the pools
-// published and serves a settable list of prepared devices.
+// fakeDRA stands in for the DRA publisher (package draserve, which this
+// package cannot import): it builds the pool the way it does and records
+// every pool published, and serves a settable list of prepared devices.
 type fakeDRA struct {
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every publish
@@ -34,22 +36,33 @@ type fakeDRA struct {
 
 func newFakeDRA() *fakeDRA { return &fakeDRA{changed: make(chan struct{})} }
 
-func (f *fakeDRA) Publish(_ context.Context, pool dra.Pool, _ *gpu.Inventory) error {
+func poolOf(st *State) dra.Pool {
+	effect := resourceapi.DeviceTaintEffectNoSchedule
+	if st.Config.Health.DRATaintEffect == config.TaintNoExecute {
+		effect = resourceapi.DeviceTaintEffectNoExecute
+	}
+	return dra.BuildPool(dra.PoolInput{Offers: st.Offers, DriverVersion: st.Inventory.DriverVersion, Unhealthy: st.Faults, TaintEffect: effect})
+}
+
+func (f *fakeDRA) Check(*State) error { return nil }
+
+func (f *fakeDRA) Publish(_ context.Context, st *State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pools = append(f.pools, pool)
+	f.pools = append(f.pools, poolOf(st))
 	close(f.changed)
 	f.changed = make(chan struct{})
 	return nil
 }
 
-func (f *fakeDRA) PreparedDevices() []PreparedDevice {
+func (f *fakeDRA) Prepared() []PreparedDevice {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]PreparedDevice(nil), f.prepared...)
 }
 
-func (f *fakeDRA) Registered() bool { return true }
+func (f *fakeDRA) Registered() bool                 { return true }
+func (f *fakeDRA) Served(*State) []metrics.Resource { return nil }
 
 func (f *fakeDRA) setPrepared(p ...PreparedDevice) {
 	f.mu.Lock()
@@ -138,7 +151,7 @@ func startDRANode(t *testing.T, preset, configYAML string, mods ...func(*Options
 	f := newFakeDRA()
 	n := startNode(t, preset, configYAML, append([]func(*Options){func(o *Options) {
 		o.KubeletAPI = KubeletAPIDRA
-		o.DRA = f
+		o.Publisher = f
 		o.DeferPollInterval = 20 * time.Millisecond
 	}}, mods...)...)
 	return n, f
@@ -200,7 +213,7 @@ func TestDRAConfigChangeKeepsPreparedDevicesPublished(t *testing.T) {
 	n, f := startDRANode(t, "dgxa100", "gpus: [{match: {index: [0]}, shape: blocks}]\n")
 	f.waitPool(t, both(has("gpu-0-blocks"), hasNot("gpu-0")))
 	uuid := n.d.State().Inventory.GPUs[0].UUID
-	f.setPrepared(PreparedDevice{Device: "gpu-0-blocks", Type: dra.TypeBlocks, GPUUUID: uuid, UUID: uuid})
+	f.setPrepared(PreparedDevice{Device: "gpu-0-blocks", Shape: shape.Blocks, GPUUUID: uuid, UUID: uuid})
 
 	replaceFile(t, n.configPath, "gpus: [{match: {index: [0]}, shape: whole}, {match: {index: [1]}, shape: whole}]\n")
 	// The rest of the change applies; GPU 0 keeps its blocks.
@@ -221,9 +234,9 @@ func TestDRARestartKeepsPreparedDevicesFromTheStart(t *testing.T) {
 	inv, err := gpu.Discover(context.Background(), b)
 	require.NoError(t, err)
 	uuid := inv.GPUs[2].UUID
-	f.setPrepared(PreparedDevice{Device: "gpu-2", Type: dra.TypeGPU, GPUUUID: uuid, UUID: uuid})
+	f.setPrepared(PreparedDevice{Device: "gpu-2", Shape: shape.Whole, GPUUUID: uuid, UUID: uuid})
 	_ = startNode(t, "dgxa100", "gpus: [{match: {index: [2]}, shape: blocks}]\n", func(o *Options) {
-		o.KubeletAPI, o.DRA = KubeletAPIDRA, f
+		o.KubeletAPI, o.Publisher = KubeletAPIDRA, f
 	})
 	p := f.waitPool(t, has("gpu-2"))
 	require.Nil(t, device(p, "gpu-2-blocks"))
@@ -252,22 +265,22 @@ func TestDRAKeep(t *testing.T) {
 		"nothing prepared": {cfg: "gpus: [{match: {index: [0]}, shape: whole}]", want: nil},
 		"prepared device still offered": {
 			cfg:      "gpus: [{match: {index: [0]}, shape: blocks}]",
-			prepared: []PreparedDevice{{Device: "gpu-0-blocks", Type: dra.TypeBlocks, GPUUUID: g0}},
+			prepared: []PreparedDevice{{Device: "gpu-0-blocks", Shape: shape.Blocks, GPUUUID: g0}},
 		},
 		"blocks prepared, config whole, offered both before": {
 			prev:     prevBoth,
 			cfg:      "gpus: [{match: {index: [0]}, shape: whole}]",
-			prepared: []PreparedDevice{{Device: "gpu-0-blocks", Type: dra.TypeBlocks, GPUUUID: g0}},
+			prepared: []PreparedDevice{{Device: "gpu-0-blocks", Shape: shape.Blocks, GPUUUID: g0}},
 			want:     map[string]shape.Offer{g0: {Whole: true, Blocks: true}},
 		},
 		"whole prepared after restart, config blocks": {
 			cfg:      "gpus: [{match: {index: [1]}, shape: blocks}]",
-			prepared: []PreparedDevice{{Device: "gpu-1", Type: dra.TypeGPU, GPUUUID: g1}},
+			prepared: []PreparedDevice{{Device: "gpu-1", Shape: shape.Whole, GPUUUID: g1}},
 			want:     map[string]shape.Offer{g1: {Whole: true}},
 		},
 		"GPU gone": {
 			cfg:      "gpus: [{match: {index: [0]}, shape: whole}]",
-			prepared: []PreparedDevice{{Device: "gpu-9-blocks", Type: dra.TypeBlocks, GPUUUID: "GPU-gone"}},
+			prepared: []PreparedDevice{{Device: "gpu-9-blocks", Shape: shape.Blocks, GPUUUID: "GPU-gone"}},
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -285,17 +298,9 @@ func TestDRAModeNeedsItsDriver(t *testing.T) {
 	b, err := sim.New("dgxa100")
 	require.NoError(t, err)
 	_, err = New(context.Background(), Options{KubeletAPI: KubeletAPIDRA, CDIDir: t.TempDir(), DriverRoot: t.TempDir()}, b)
-	require.ErrorContains(t, err, "DRA driver")
+	require.ErrorContains(t, err, "gpublocks-dra")
 	_, err = New(context.Background(), Options{KubeletAPI: "csi", CDIDir: t.TempDir(), DriverRoot: t.TempDir()}, b)
 	require.ErrorContains(t, err, `"csi" is not one of device-plugin, dra`)
-}
-
-func TestDRAPoolCheckRefusesDroppingPreparedDevices(t *testing.T) {
-	f := newFakeDRA()
-	f.setPrepared(PreparedDevice{Device: "gpu-0-blocks", Type: dra.TypeBlocks})
-	p := dra.Pool{Devices: []resourceapi.Device{{Name: "gpu-0"}}}
-	err := draPublisher{f}.check(&State{Pool: &p})
-	require.ErrorContains(t, err, "leaves out prepared devices gpu-0-blocks")
 }
 
 // BenchmarkXIDToTaint measures the time from an XID on a simulated GPU to
@@ -313,7 +318,7 @@ func BenchmarkXIDToTaint(b *testing.B) {
 	require.NoError(b, err)
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logr.Discard()))
 	defer cancel()
-	d, err := New(ctx, Options{KubeletAPI: KubeletAPIDRA, DRA: f, ConfigPath: cfgPath, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir}, be)
+	d, err := New(ctx, Options{KubeletAPI: KubeletAPIDRA, Publisher: f, ConfigPath: cfgPath, CDIDir: filepath.Join(dir, "cdi"), DriverRoot: dir}, be)
 	require.NoError(b, err)
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()

@@ -35,6 +35,39 @@ type publisher interface {
 	served(st *State) []metrics.Resource
 }
 
+// Publisher serves planned states through the kubelet's DRA API: it is
+// the part of DRA mode that links the Kubernetes API types and client, so
+// it lives outside this package (draserve) and the device-plugin binary
+// never carries them. The daemon plans, writes the base CDI spec and
+// decides when a state may be served.
+type Publisher interface {
+	// Check reports whether st could be published, before a candidate
+	// config is committed.
+	Check(st *State) error
+	// Publish makes st the node's published pool.
+	Publish(ctx context.Context, st *State) error
+	// Registered reports whether the kubelet registered the plugin.
+	Registered() bool
+	// Served counts what is published, per DeviceClass, for the metrics.
+	Served(st *State) []metrics.Resource
+	// Prepared lists every device of every prepared claim: their GPUs
+	// keep offering them across config changes (draKeep).
+	Prepared() []PreparedDevice
+}
+
+// external adapts a Publisher; it serves the kubelet from the moment it
+// was started, so run only waits.
+type external struct{ p Publisher }
+
+func (e external) check(st *State) error                        { return e.p.Check(st) }
+func (e external) publish(ctx context.Context, st *State) error { return e.p.Publish(ctx, st) }
+func (e external) registered() bool                             { return e.p.Registered() }
+func (e external) served(st *State) []metrics.Resource          { return e.p.Served(st) }
+func (e external) run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
 // devicePlugins publishes through the device-plugin manager: one socket per
 // resource name.
 type devicePlugins struct{ m *plugin.Manager }

@@ -1,7 +1,3 @@
-// Package mig names MIG profiles the way NVIDIA's device plugin does, for
-// resource names under migStrategy mixed, using go-nvlib's profile parser
-// and no NVML calls. (The mig-minors table that resolves MIG capability
-// nodes is parsed by gpu/migminors, where discovery uses it.)
 package mig
 
 import (

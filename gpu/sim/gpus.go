@@ -15,8 +15,8 @@ import (
 const mib = 1024 * 1024
 
 // simGPU completes one mock device. Its MIG state (dev.MigMode,
-// dev.GpuInstances, their ComputeInstances and migs) is guarded by b.mu; the
-// rest is immutable after newSimGPU.
+// dev.GpuInstances, their ComputeInstances, migs, created, gen), procs and
+// faults are guarded by b.mu; the rest is immutable after newSimGPU.
 type simGPU struct {
 	b     *Backend
 	dev   *server.Device
@@ -30,6 +30,16 @@ type simGPU struct {
 	placements map[int][]nvml.GpuInstancePlacement
 	maxMig     int
 	migs       map[*server.ComputeInstance]*migDevice
+	// created counts the compute instances ever created at each (GPU
+	// instance ID, compute instance ID), and gen is a live compute
+	// instance's count there: a MIG device made anew never gets a UUID an
+	// earlier one at its place had, as on hardware.
+	created map[[2]uint32]int
+	gen     map[*server.ComputeInstance]int
+	// procs are the simulated processes by PID, each in a compute instance
+	// (nil: on the whole GPU).
+	procs  map[uint32]*server.ComputeInstance
+	faults []*fault
 }
 
 // placements8 are the GPU instance placements of the 7-slice GPUs (A100,
@@ -63,6 +73,9 @@ func newSimGPU(b *Backend, dev *server.Device, index, count int, model, seed str
 		seed:       seed,
 		placements: map[int][]nvml.GpuInstancePlacement{},
 		migs:       map[*server.ComputeInstance]*migDevice{},
+		created:    map[[2]uint32]int{},
+		gen:        map[*server.ComputeInstance]int{},
+		procs:      map[uint32]*server.ComputeInstance{},
 	}
 	dev.UUID = gpuUUID(seed, index)
 	profiles := g.cfg.MIGProfiles.GpuInstanceProfiles
@@ -110,7 +123,7 @@ func (g *simGPU) complete(count int) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if mode == nvml.DEVICE_MIG_DISABLE && len(d.GpuInstances) > 0 {
+		if len(g.procs) > 0 || (mode == nvml.DEVICE_MIG_DISABLE && len(d.GpuInstances) > 0) {
 			return nvml.ERROR_IN_USE, nvml.ERROR_IN_USE
 		}
 		d.MigMode = mode
@@ -136,12 +149,26 @@ func (g *simGPU) complete(count int) {
 	d.CreateGpuInstanceFunc = func(info *nvml.GpuInstanceProfileInfo) (nvml.GpuInstance, nvml.Return) {
 		mu.Lock()
 		defer mu.Unlock()
+		if ret, ok := g.faultLocked(OpCreateGpuInstance); ok {
+			return nil, ret
+		}
 		return g.createGILocked(info, nil)
 	}
 	d.CreateGpuInstanceWithPlacementFunc = func(info *nvml.GpuInstanceProfileInfo, p *nvml.GpuInstancePlacement) (nvml.GpuInstance, nvml.Return) {
+		if p == nil {
+			return nil, nvml.ERROR_INVALID_ARGUMENT
+		}
 		mu.Lock()
 		defer mu.Unlock()
+		if ret, ok := g.faultLocked(OpCreateGpuInstance); ok {
+			return nil, ret
+		}
 		return g.createGILocked(info, p)
+	}
+	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+		mu.Lock()
+		defer mu.Unlock()
+		return g.processesLocked(nil), nvml.SUCCESS
 	}
 	d.GetGpuInstanceRemainingCapacityFunc = func(info *nvml.GpuInstanceProfileInfo) (int, nvml.Return) {
 		mu.Lock()
@@ -313,6 +340,9 @@ func (g *simGPU) completeGI(gi *server.GpuInstance) {
 	gi.CreateComputeInstanceFunc = func(info *nvml.ComputeInstanceProfileInfo) (nvml.ComputeInstance, nvml.Return) {
 		mu.Lock()
 		defer mu.Unlock()
+		if ret, ok := g.faultLocked(OpCreateComputeInstance); ok {
+			return nil, ret
+		}
 		return g.createCILocked(gi, info)
 	}
 	gi.GetComputeInstancesFunc = func(info *nvml.ComputeInstanceProfileInfo) ([]nvml.ComputeInstance, nvml.Return) {
@@ -341,6 +371,9 @@ func (g *simGPU) completeGI(gi *server.GpuInstance) {
 		defer mu.Unlock()
 		if _, ok := g.dev.GpuInstances[gi]; !ok {
 			return nvml.ERROR_INVALID_ARGUMENT
+		}
+		if ret, ok := g.faultLocked(OpDestroyGpuInstance); ok {
+			return ret
 		}
 		if len(gi.ComputeInstances) > 0 {
 			return nvml.ERROR_IN_USE
@@ -390,21 +423,42 @@ func (g *simGPU) createCILocked(gi *server.GpuInstance, info *nvml.ComputeInstan
 		if _, ok := gi.ComputeInstances[ci]; !ok {
 			return nvml.ERROR_INVALID_ARGUMENT
 		}
-		delete(gi.ComputeInstances, ci)
-		delete(g.migs, ci)
+		if ret, ok := g.faultLocked(OpDestroyComputeInstance); ok {
+			return ret
+		}
+		if g.busyLocked(ci) {
+			return nvml.ERROR_IN_USE
+		}
+		g.forgetCILocked(gi, ci)
 		return nvml.SUCCESS
 	}
+	key := [2]uint32{gi.Info.Id, id}
+	g.gen[ci] = g.created[key]
+	g.created[key]++
 	gi.ComputeInstances[ci] = struct{}{}
 	return ci, nvml.SUCCESS
 }
 
-// destroyAllLocked removes every compute and GPU instance.
-func (g *simGPU) destroyAllLocked() {
+// forgetCILocked removes ci from gi and drops its MIG handle.
+func (g *simGPU) forgetCILocked(gi *server.GpuInstance, ci *server.ComputeInstance) {
+	delete(gi.ComputeInstances, ci)
+	delete(g.migs, ci)
+	delete(g.gen, ci)
+}
+
+// destroyAllLocked removes every compute and GPU instance, unless a process
+// runs on the GPU.
+func (g *simGPU) destroyAllLocked() nvml.Return {
+	if len(g.procs) > 0 {
+		return nvml.ERROR_IN_USE
+	}
 	for gi := range g.dev.GpuInstances {
-		clear(gi.ComputeInstances)
+		for ci := range gi.ComputeInstances {
+			g.forgetCILocked(gi, ci)
+		}
 	}
 	clear(g.dev.GpuInstances)
-	clear(g.migs)
+	return nvml.SUCCESS
 }
 
 // migDevicesLocked lists the MIG devices in MIG index order: by GPU instance
@@ -429,6 +483,8 @@ func (g *simGPU) migDevicesLocked() []*migDevice {
 type migProfile struct {
 	gi nvml.GpuInstanceProfileInfo
 	ci nvml.ComputeInstanceProfileInfo
+	// giName is the GPU instance profile's name, as mig.Catalog has it.
+	giName string
 }
 
 // resolveProfiles maps NVIDIA profile names to this GPU's profile IDs with
@@ -457,7 +513,9 @@ func (g *simGPU) resolveProfiles(names []string) ([]migProfile, error) {
 			if !ok {
 				continue
 			}
-			found = &migProfile{gi: g.cfg.MIGProfiles.GpuInstanceProfiles[info.GIProfileID], ci: ci}
+			full := info
+			full.C = full.G
+			found = &migProfile{gi: g.cfg.MIGProfiles.GpuInstanceProfiles[info.GIProfileID], ci: ci, giName: full.String()}
 			break
 		}
 		if found == nil {
@@ -473,41 +531,4 @@ func (g *simGPU) resolveProfiles(names []string) ([]migProfile, error) {
 		out = append(out, *found)
 	}
 	return out, nil
-}
-
-// plan finds placements for all of want on an empty GPU, largest first with
-// backtracking, so any layout the hardware can hold is found regardless of
-// the order it was listed in.
-func (g *simGPU) plan(want []migProfile) ([]nvml.GpuInstancePlacement, bool) {
-	order := make([]int, len(want))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(want[b].gi.SliceCount, want[a].gi.SliceCount) })
-	out := make([]nvml.GpuInstancePlacement, len(want))
-	counts := map[uint32]uint32{}
-	var try func(k int, used uint32) bool
-	try = func(k int, used uint32) bool {
-		if k == len(order) {
-			return true
-		}
-		p := want[order[k]].gi
-		if counts[p.Id] >= p.InstanceCount {
-			return false
-		}
-		ps := g.placements[int(p.Id)]
-		for i := len(ps) - 1; i >= 0; i-- {
-			if mask(ps[i])&used != 0 {
-				continue
-			}
-			out[order[k]] = ps[i]
-			counts[p.Id]++
-			if try(k+1, used|mask(ps[i])) {
-				return true
-			}
-			counts[p.Id]--
-		}
-		return false
-	}
-	return out, try(0, 0)
 }

@@ -93,8 +93,41 @@ func (s *FaultServer) Serve(ctx context.Context) error {
 //	POST /simulate/ecc?gpu=N                     a double-bit ECC error
 //	POST /simulate/lost?gpu=N                    the GPU falls off the bus
 //	POST /simulate/restore?gpu=N                 a lost GPU answers again
+//	POST /simulate/process?gpu=N[&mig=UUID]      a compute process starts (in that MIG device); answers "pid P"
+//	POST /simulate/process/stop?pid=P            it ends
 func (b *Backend) FaultHandler() http.Handler {
 	mux := http.NewServeMux()
+	fail := func(w http.ResponseWriter, err error) {
+		if errors.Is(err, ErrNoListener) {
+			http.Error(w, err.Error()+" (is health.disabled set, or serve not started yet?)", http.StatusConflict)
+			return
+		}
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	}
+	mux.HandleFunc("POST /simulate/process", func(w http.ResponseWriter, r *http.Request) {
+		q := query(r.URL.Query())
+		gpu, err := q.number("gpu")
+		var pid uint32
+		if err == nil {
+			pid, err = b.StartProcess(int(gpu), url.Values(q).Get("mig"))
+		}
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		_, _ = fmt.Fprintf(w, "pid %d\n", pid)
+	})
+	mux.HandleFunc("POST /simulate/process/stop", func(w http.ResponseWriter, r *http.Request) {
+		pid, err := query(r.URL.Query()).number("pid")
+		if err == nil {
+			err = b.StopProcess(uint32(pid))
+		}
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		_, _ = w.Write([]byte("stopped\n"))
+	})
 	handle := func(path string, inject func(gpu int, q query) error) {
 		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
 			q := query(r.URL.Query())
@@ -102,12 +135,8 @@ func (b *Backend) FaultHandler() http.Handler {
 			if err == nil {
 				err = inject(int(gpu), q)
 			}
-			switch {
-			case errors.Is(err, ErrNoListener):
-				http.Error(w, err.Error()+" (is health.disabled set, or serve not started yet?)", http.StatusConflict)
-				return
-			case err != nil:
-				http.Error(w, err.Error(), http.StatusBadRequest)
+			if err != nil {
+				fail(w, err)
 				return
 			}
 			_, _ = w.Write([]byte("injected\n"))

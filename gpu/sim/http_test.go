@@ -49,6 +49,11 @@ func TestFaultHandler(t *testing.T) {
 		{"gi without ci", "/simulate/xid?gpu=1&xid=48&gi=7", 400, `"ci"`},
 		{"bad gpu", "/simulate/xid?gpu=x&xid=48", 400, `"gpu"`},
 		{"no such gpu", "/simulate/xid?gpu=99&xid=48", 400, "99"},
+		{"process", "/simulate/process?gpu=3", 200, "pid 4001\n"},
+		{"process in a MIG device", "/simulate/process?gpu=1&mig=" + migUUIDOf(t, b, 1), 200, "pid 4002\n"},
+		{"process on a MIG GPU", "/simulate/process?gpu=1", 400, "MIG enabled"},
+		{"stop", "/simulate/process/stop?pid=4001", 200, "stopped"},
+		{"stop again", "/simulate/process/stop?pid=4001", 400, "no simulated process 4001"},
 	}
 	for _, s := range steps {
 		code, body := post(s.target)
@@ -63,6 +68,16 @@ func TestFaultHandler(t *testing.T) {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/simulate/xid?gpu=3&xid=48", nil))
 	require.Equal(t, 405, rec.Code, "injection only by POST")
+}
+
+// migUUIDOf is the UUID of GPU index's first MIG device.
+func migUUIDOf(t *testing.T, b *Backend, index int) string {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	migs := b.gpus[index].migDevicesLocked()
+	require.NotEmpty(t, migs)
+	return migs[0].uuid
 }
 
 func TestCheckLoopback(t *testing.T) {

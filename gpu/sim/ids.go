@@ -22,7 +22,14 @@ func gpuUUID(seed string, index int) string {
 }
 
 // migUUID is the UUID of a MIG device. It includes the profiles, so a MIG
-// device re-created with another shape at the same IDs is a new device.
-func migUUID(seed string, index int, gi, ci, giProfile, ciProfile uint32) string {
-	return stableUUID("MIG", seed, "/gpu/", index, "/gi/", gi, "/ci/", ci, "/profile/", giProfile, "/", ciProfile)
+// device re-created with another shape at the same IDs is a new device, and
+// gen, the number of compute instances created at those IDs before it in
+// this simulation, so one re-created with the same shape is new too (as on
+// hardware). The first keeps the UUID it has always had, so a simulation
+// starts with the same MIG UUIDs every time.
+func migUUID(seed string, index int, gi, ci, giProfile, ciProfile uint32, gen int) string {
+	if gen == 0 {
+		return stableUUID("MIG", seed, "/gpu/", index, "/gi/", gi, "/ci/", ci, "/profile/", giProfile, "/", ciProfile)
+	}
+	return stableUUID("MIG", seed, "/gpu/", index, "/gi/", gi, "/ci/", ci, "/profile/", giProfile, "/", ciProfile, "/gen/", gen)
 }

@@ -12,12 +12,13 @@ import (
 type migDevice struct {
 	mock.Device
 	uuid string
+	ci   *server.ComputeInstance
 }
 
 func newMigDevice(g *simGPU, gi *server.GpuInstance, ci *server.ComputeInstance) *migDevice {
 	giProf := g.cfg.MIGProfiles.GpuInstanceProfiles[int(gi.Info.ProfileId)]
 	ciProf := g.cfg.MIGProfiles.ComputeInstanceProfiles[int(gi.Info.ProfileId)][int(ci.Info.ProfileId)]
-	m := &migDevice{uuid: migUUID(g.seed, g.index, gi.Info.Id, ci.Info.Id, gi.Info.ProfileId, ci.Info.ProfileId)}
+	m := &migDevice{uuid: migUUID(g.seed, g.index, gi.Info.Id, ci.Info.Id, gi.Info.ProfileId, ci.Info.ProfileId, g.gen[ci]), ci: ci}
 	parent := g.dev
 	attrs := nvml.DeviceAttributes{
 		MultiprocessorCount:       ciProf.MultiprocessorCount,
@@ -39,6 +40,11 @@ func newMigDevice(g *simGPU, gi *server.GpuInstance, ci *server.ComputeInstance)
 	m.GetComputeInstanceIdFunc = func() (int, nvml.Return) { return int(ci.Info.Id), nvml.SUCCESS }
 	m.GetAttributesFunc = func() (nvml.DeviceAttributes, nvml.Return) { return attrs, nvml.SUCCESS }
 	m.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) { return mem, nvml.SUCCESS }
+	m.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+		g.b.mu.Lock()
+		defer g.b.mu.Unlock()
+		return g.processesLocked(ci), nvml.SUCCESS
+	}
 	m.GetNameFunc = func() (string, nvml.Return) { return g.cfg.Name, nvml.SUCCESS }
 	m.GetArchitectureFunc = func() (nvml.DeviceArchitecture, nvml.Return) { return g.cfg.Architecture, nvml.SUCCESS }
 	m.GetCudaComputeCapabilityFunc = func() (int, int, nvml.Return) {

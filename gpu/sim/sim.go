@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -9,6 +10,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 
 	"github.com/gpublocks/gpublocks/gpu"
+	"github.com/gpublocks/gpublocks/mig"
 )
 
 // Driver versions the simulation reports (those of go-nvml's DGX mocks).
@@ -29,9 +31,10 @@ type Backend struct {
 	srv  *server.Server
 	host *host
 
-	mu   sync.Mutex // guards MIG mode, GPU and compute instances, MIG handles
-	gpus []*simGPU
-	ev   events // event sets and lost GPUs (events.go)
+	mu      sync.Mutex // guards MIG mode, GPU and compute instances, MIG handles, processes, faults
+	gpus    []*simGPU
+	nextPID uint32
+	ev      events // event sets and lost GPUs (events.go)
 }
 
 var _ gpu.Backend = (*Backend)(nil)
@@ -72,11 +75,17 @@ func build(sp *spec) (*Backend, error) {
 	}
 	b.completeServer()
 	for i, g := range sp.gpus {
-		if len(g.mig) == 0 {
-			continue
-		}
-		if err := b.SetMigLayout(i, g.mig); err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrSpec, sp.name, err)
+		switch {
+		case len(g.mig) > 0:
+			if err := b.SetMigLayout(i, g.mig); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", ErrSpec, sp.name, err)
+			}
+		case g.migOn:
+			// `mig: []`: MIG enabled, no instances yet.
+			if !b.gpus[i].migCapable() {
+				return nil, fmt.Errorf("%w: %s: GPU %d (%s) does not support MIG", ErrSpec, sp.name, i, g.model)
+			}
+			b.gpus[i].dev.MigMode = nvml.DEVICE_MIG_ENABLE
 		}
 	}
 	return b, nil
@@ -123,42 +132,68 @@ func (b *Backend) Name() string { return b.name }
 func (b *Backend) Close() error { return nil }
 
 // SetMigLayout changes GPU index's MIG layout the way an operator would with
-// nvidia-smi or mig-parted, so a rescan sees the new devices. An empty list
+// nvidia-smi or mig-parted, so a rescan sees the new devices: every instance
+// is destroyed and the layout created anew (new MIG UUIDs). An empty list
 // destroys all instances and disables MIG. Otherwise MIG is enabled and one
 // GPU instance with a full-size compute instance is created per profile
-// (NVIDIA names, e.g. "1g.10gb", "1g.10gb+me", "1c.3g.40gb"), placed where
-// the hardware allows. A layout that does not fit fails with an error
-// wrapping nvml.ERROR_INSUFFICIENT_RESOURCES and leaves the old layout in
-// place.
+// (NVIDIA names, e.g. "1g.10gb", "1g.10gb+me", "1c.3g.40gb"), placed by
+// mig.Solve. A layout that does not fit fails with an error wrapping
+// nvml.ERROR_INSUFFICIENT_RESOURCES, and one on a GPU running a process
+// (StartProcess) with one wrapping nvml.ERROR_IN_USE; both leave the old
+// layout in place.
 func (b *Backend) SetMigLayout(index int, profiles []string) error {
 	if index < 0 || index >= len(b.gpus) {
 		return fmt.Errorf("no simulated GPU %d (have %d)", index, len(b.gpus))
 	}
 	g := b.gpus[index]
 	var want []migProfile
+	var plan *mig.Plan
 	if len(profiles) > 0 {
 		var err error
 		if want, err = g.resolveProfiles(profiles); err != nil {
 			return err
 		}
+		cat, err := mig.ReadCatalog(g.dev)
+		if err != nil {
+			return fmt.Errorf("GPU %d: %w", index, err)
+		}
+		// A compute instance profile ("1c.3g.40gb") places as its GPU
+		// instance profile.
+		gis := make(mig.Layout, len(profiles))
+		for i, p := range profiles {
+			gis[i] = giProfileName(p)
+		}
+		if plan, err = mig.Solve(cat, nil, gis); err != nil {
+			return fmt.Errorf("GPU %d (%s): %w: %w", index, g.model, err, nvml.ERROR_INSUFFICIENT_RESOURCES)
+		}
 	}
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if ret := g.destroyAllLocked(); ret != nvml.SUCCESS {
+		return fmt.Errorf("GPU %d (%s): a process runs on it: %w", index, g.model, ret)
+	}
 	if len(want) == 0 {
-		g.destroyAllLocked()
 		g.dev.MigMode = nvml.DEVICE_MIG_DISABLE
 		return nil
 	}
-	placements, ok := g.plan(want)
-	if !ok {
-		return fmt.Errorf("GPU %d (%s): MIG layout %v does not fit: %w",
-			index, g.model, profiles, nvml.ERROR_INSUFFICIENT_RESOURCES)
-	}
-	g.destroyAllLocked()
 	g.dev.MigMode = nvml.DEVICE_MIG_ENABLE
-	for i, p := range want {
-		gi, ret := g.createGILocked(&p.gi, &placements[i])
+	taken := make([]bool, len(want))
+	for _, c := range plan.Create {
+		i := -1
+		for j, p := range want {
+			if !taken[j] && p.giName == c.Profile {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
+			return fmt.Errorf("GPU %d: the plan creates %s, which the layout does not list", index, c.Profile)
+		}
+		taken[i] = true
+		p := want[i]
+		at := nvml.GpuInstancePlacement{Start: uint32(c.Placement.Start), Size: uint32(c.Placement.Size)}
+		gi, ret := g.createGILocked(&p.gi, &at)
 		if ret != nvml.SUCCESS {
 			return fmt.Errorf("GPU %d: creating GPU instance %s: %w", index, profiles[i], ret)
 		}
@@ -167,4 +202,17 @@ func (b *Backend) SetMigLayout(index int, profiles []string) error {
 		}
 	}
 	return nil
+}
+
+// giProfileName is the GPU instance profile of a profile name:
+// "1c.3g.40gb" → "3g.40gb"; "1g.10gb" stays.
+func giProfileName(p string) string {
+	base, attrs, _ := strings.Cut(p, "+")
+	if strings.Count(base, ".") == 2 {
+		_, base, _ = strings.Cut(base, ".")
+	}
+	if attrs != "" {
+		return base + "+" + attrs
+	}
+	return base
 }

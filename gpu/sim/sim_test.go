@@ -422,12 +422,18 @@ func TestSetMigLayoutRediscover(t *testing.T) {
 	require.False(t, inv.GPUs[1].MigEnabled)
 	require.Empty(t, inv.GPUs[1].MigDevices)
 
-	// Re-applying a layout gives the same MIG UUIDs: they follow from the
-	// spec and the instance, not from creation order or time.
+	// Re-creating a layout makes new MIG devices: as on hardware, none
+	// gets a UUID an earlier instance at its place had (DESIGN §10).
 	first := inv.GPUs[3].MigDevices[0].UUID
-	require.NoError(t, b.SetMigLayout(3, nil))
-	require.NoError(t, b.SetMigLayout(3, []string{"7g.80gb"}))
-	require.Equal(t, first, discover(t, b).GPUs[3].MigDevices[0].UUID)
+	seen := map[string]bool{first: true}
+	for range 3 {
+		require.NoError(t, b.SetMigLayout(3, nil))
+		require.NoError(t, b.SetMigLayout(3, []string{"7g.80gb"}))
+		again := discover(t, b).GPUs[3].MigDevices[0]
+		require.Equal(t, 0, again.GI, "same placement")
+		require.False(t, seen[again.UUID], "UUID %s reused", again.UUID)
+		seen[again.UUID] = true
+	}
 }
 
 // TestConcurrentRescan runs discovery while layouts change, for -race.

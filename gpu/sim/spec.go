@@ -37,7 +37,8 @@ type Group struct {
 	// Count defaults to 1.
 	Count *int `json:"count,omitempty"`
 	// MIG, when not empty, enables MIG with these instances (NVIDIA profile
-	// names, e.g. 1g.10gb); empty or absent leaves MIG disabled.
+	// names, e.g. 1g.10gb); `mig: []` enables MIG with no instances yet (for
+	// gpublocks to create them); absent leaves MIG disabled.
 	MIG []string `json:"mig,omitempty"`
 }
 
@@ -55,8 +56,25 @@ var models = map[string]gpus.Config{
 	"A100-PCIE-80GB":  gpus.A100_PCIE_80GB,
 	"A30-PCIE-24GB":   gpus.A30_PCIE_24GB,
 	"H100-SXM5-80GB":  gpus.H100_SXM5_80GB,
-	"H200-SXM5-141GB": gpus.H200_SXM5_141GB,
-	"B200-SXM5-180GB": gpus.B200_SXM5_180GB,
+	"H200-SXM5-141GB": fitMigMemory(gpus.H200_SXM5_141GB),
+	"B200-SXM5-180GB": fitMigMemory(gpus.B200_SXM5_180GB),
+}
+
+// fitMigMemory caps each GPU instance profile's memory at its share of the
+// GPU's memory slices. The mock gives H200 and B200 profiles slightly more
+// (1g.18gb a little over an eighth), so go-nvlib, which names a profile by
+// its rounded-up share, would call 1g.18gb "1g.35gb" and 3g.71gb "3g.88gb";
+// on hardware a profile never exceeds its share.
+func fitMigMemory(c gpus.Config) gpus.Config {
+	profiles := maps.Clone(c.MIGProfiles.GpuInstanceProfiles)
+	for id, p := range profiles {
+		if ps := placements8[id]; len(ps) > 0 {
+			p.MemorySizeMB = min(p.MemorySizeMB, c.MemoryMB/8*uint64(ps[0].Size))
+			profiles[id] = p
+		}
+	}
+	c.MIGProfiles.GpuInstanceProfiles = profiles
+	return c
 }
 
 func renamed(c gpus.Config, name string) gpus.Config {
@@ -89,6 +107,7 @@ type gpuSpec struct {
 	model string
 	cfg   gpus.Config
 	mig   []string
+	migOn bool // MIG enabled, even with no instances
 	// seed and the GPU's index derive its UUIDs (see expand).
 	seed string
 }
@@ -151,7 +170,7 @@ func expand(f File, name string, seed func(Group) string) (*spec, error) {
 			return nil, fmt.Errorf("%w: %s: more than %d GPUs", ErrSpec, name, maxGPUs)
 		}
 		for range n {
-			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG), seed: seed(g)})
+			sp.gpus = append(sp.gpus, gpuSpec{model: g.Model, cfg: cfg, mig: slices.Clone(g.MIG), migOn: g.MIG != nil, seed: seed(g)})
 		}
 	}
 	return sp, nil

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -20,32 +20,36 @@ import (
 	"github.com/gpublocks/gpublocks/internal/atomicfile"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
+// version is set at build time with -ldflags
+// "-X github.com/gpublocks/gpublocks/internal/cli.version=…".
 var version = "dev"
 
-func newServeCommand() *cobra.Command {
+func newServeCommand(dra *DRA) *cobra.Command {
 	var o daemon.Options
-	var df draFlags
+	var df DRAFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the node's GPUs to the kubelet and keep the CDI spec current",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkKubeletAPI(o); err != nil {
+				return err
+			}
+			if o.KubeletAPI == daemon.KubeletAPIDRA && dra == nil {
+				return execDRA()
+			}
 			ctx := logContext(cmd)
 			ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			logger := klog.FromContext(ctx)
 			logger.Info("Starting gpublocks", "version", version, "kubeletAPI", o.KubeletAPI)
-			if err := checkKubeletAPI(o); err != nil {
-				return err
-			}
 			backend, err := daemon.OpenBackend(ctx, o)
 			if err != nil {
 				return err
 			}
 			defer func() { _ = backend.Close() }()
 			if o.KubeletAPI == daemon.KubeletAPIDRA {
-				drv, err := startDRA(ctx, &o, df)
+				drv, err := dra.Start(ctx, &o, df)
 				if err != nil {
 					return err
 				}
@@ -95,7 +99,7 @@ func checkKubeletAPI(o daemon.Options) error {
 	return fmt.Errorf("--kubelet-api %q is not one of %s, %s", o.KubeletAPI, daemon.KubeletAPIDevicePlugin, daemon.KubeletAPIDRA)
 }
 
-func newInspectCommand() *cobra.Command {
+func newInspectCommand(dra *DRA) *cobra.Command {
 	var o daemon.Options
 	cmd := &cobra.Command{
 		Use:   "inspect",
@@ -111,13 +115,15 @@ asking an API server.`,
 				if err := checkKubeletAPI(o); err != nil {
 					return err
 				}
+			} else if dra == nil {
+				return execDRA()
 			}
 			st, backend, err := computeOnce(ctx, o)
 			if err != nil {
 				return err
 			}
 			if o.KubeletAPI == daemon.KubeletAPIDRA {
-				return writeResourceSlices(cmd.OutOrStdout(), st, o.NodeName)
+				return dra.WriteSlices(cmd.OutOrStdout(), st, o.NodeName)
 			}
 			return st.WriteReport(cmd.OutOrStdout(), backend)
 		},

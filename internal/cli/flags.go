@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"github.com/spf13/pflag"
@@ -22,19 +22,12 @@ func addKubeletAPIFlag(fs *pflag.FlagSet, o *daemon.Options) {
 	fs.StringVar(&o.KubeletAPI, "kubelet-api", daemon.KubeletAPIDevicePlugin, "the kubelet API to serve: device-plugin, or dra (Dynamic Resource Allocation: the scheduler picks the GPU and the share)")
 }
 
-// draFlags are the settings of DRA mode that only the command needs.
-type draFlags struct {
-	kubeconfig   string
-	registrarDir string
-	pluginsDir   string
-}
-
-func addServeFlags(fs *pflag.FlagSet, o *daemon.Options, df *draFlags) {
+func addServeFlags(fs *pflag.FlagSet, o *daemon.Options, df *DRAFlags) {
 	addDiscoveryFlags(fs, o)
 	addKubeletAPIFlag(fs, o)
-	fs.StringVar(&df.kubeconfig, "kubeconfig", "", "kubeconfig for the API server in DRA mode; in-cluster credentials when empty")
-	fs.StringVar(&df.registrarDir, "kubelet-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (DRA mode)")
-	fs.StringVar(&df.pluginsDir, "kubelet-plugins-dir", "/var/lib/kubelet/plugins", "the kubelet's plugins directory, for the DRA socket and checkpoint (DRA mode)")
+	fs.StringVar(&df.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server in DRA mode; in-cluster credentials when empty")
+	fs.StringVar(&df.RegistrarDir, "kubelet-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (DRA mode)")
+	fs.StringVar(&df.PluginsDir, "kubelet-plugins-dir", "/var/lib/kubelet/plugins", "the kubelet's plugins directory, for the DRA socket and checkpoint (DRA mode)")
 	fs.StringVar(&o.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
 	fs.StringVar(&o.PodResourcesSocket, "pod-resources-socket", daemon.DefaultPodResourcesSocket, "the kubelet's PodResources API, asked before a GPU with allocated devices changes shape")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9400", `address for /metrics, /healthz and /readyz; "" disables`)

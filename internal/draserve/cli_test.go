@@ -1,6 +1,7 @@
-package main
+package draserve
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,7 +10,22 @@ import (
 	"github.com/stretchr/testify/require"
 	resourceapi "k8s.io/api/resource/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpublocks/gpublocks/internal/cli"
 )
+
+// run executes the command line in-process, DRA mode included, and
+// returns its output.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := cli.NewRootCommand(CLI())
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
 
 // inspect --kubelet-api dra prints the ResourceSlices serve would publish,
 // as a YAML stream an operator can review, without an API server.
