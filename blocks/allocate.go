@@ -3,28 +3,10 @@ package blocks
 import (
 	"maps"
 	"slices"
-	"strconv"
-	"strings"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpublocks/gpublocks/plugin"
-)
-
-// Environment variables Allocate sets, besides what BaseFunc returns.
-const (
-	// EnvBlocks is the number of blocks the container got.
-	EnvBlocks = "GPUBLOCKS_BLOCKS"
-	// EnvGPUUUID is the UUID of the parent GPU; comma-joined in GPU index
-	// order for whole-GPU requests over 100 blocks.
-	EnvGPUUUID = "GPUBLOCKS_GPU_UUID"
-	// EnvMPSThreadPercentage caps the share of SMs under MPS: the number of
-	// blocks, at most 100.
-	EnvMPSThreadPercentage = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
-	// EnvMPSMemLimit caps device memory under MPS, per CUDA device ordinal:
-	// "0=<floor(memoryMiB×k/100)>M" for k ≤ 100, and the whole memory of each
-	// GPU ("0=40960M,1=40960M", ordinals in EnvGPUUUID order) above.
-	EnvMPSMemLimit = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
 )
 
 // Allocate answers Allocate for one container. The IDs must be known blocks,
@@ -32,7 +14,7 @@ const (
 // or k/100 whole GPUs for k a multiple of 100. Otherwise the answer is an
 // InvalidArgument error wrapping ErrInvalidRequest that names the GPUs the
 // IDs came from. On success the response is BaseFunc's for the parent GPUs
-// plus the blocks environment (see EnvBlocks and the variables after it).
+// plus the blocks environment (SetEnv).
 func (r *Resource) Allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
 	k := len(ids)
 	if k == 0 {
@@ -92,37 +74,29 @@ func (r *Resource) countsOf(st []gpuState, slots []int) string {
 }
 
 // response copies the base response for the GPUs in slots (in index order)
-// and adds the blocks environment. Slices and maps are copied so that no
-// two responses, and no response and the base, share mutable state.
+// and adds the blocks environment (SetEnv). Slices and maps are copied so
+// that no two responses, and no response and the base, share mutable state.
 func (r *Resource) response(slots []int, k int) *pluginapi.ContainerAllocateResponse {
+	var buf [stackGPUs]Share
+	shares := buf[:0]
+	for _, s := range slots {
+		g := &r.gpus[s]
+		// k ≤ 100 comes from one GPU; above, every GPU is held whole.
+		shares = append(shares, Share{UUID: g.uuid, MemoryMiB: g.memoryMiB, Blocks: min(k, PerGPU)})
+	}
 	var base *pluginapi.ContainerAllocateResponse
-	var uuid, memLimit string
 	if len(slots) == 1 {
-		g := &r.gpus[slots[0]]
-		base, uuid = g.base, g.uuid
-		memLimit = "0=" + strconv.FormatUint(g.memoryMiB*uint64(k)/PerGPU, 10) + "M"
+		base = r.gpus[slots[0]].base
 	} else {
-		uuids := make([]string, len(slots))
-		var lim strings.Builder
-		for i, s := range slots {
-			g := &r.gpus[s]
-			uuids[i] = g.uuid
-			if i > 0 {
-				lim.WriteByte(',')
-			}
-			lim.WriteString(strconv.Itoa(i))
-			lim.WriteByte('=')
-			lim.WriteString(strconv.FormatUint(g.memoryMiB, 10))
-			lim.WriteByte('M')
+		uuids := make([]string, len(shares))
+		for i := range shares {
+			uuids[i] = shares[i].UUID
 		}
-		base, uuid, memLimit = r.base(uuids), strings.Join(uuids, ","), lim.String()
+		base = r.base(uuids)
 	}
 	envs := make(map[string]string, len(base.GetEnvs())+4)
 	maps.Copy(envs, base.GetEnvs())
-	envs[EnvBlocks] = strconv.Itoa(k)
-	envs[EnvGPUUUID] = uuid
-	envs[EnvMPSThreadPercentage] = strconv.Itoa(min(k, PerGPU))
-	envs[EnvMPSMemLimit] = memLimit
+	SetEnv(envs, shares)
 	return &pluginapi.ContainerAllocateResponse{
 		Envs:        envs,
 		Mounts:      slices.Clone(base.GetMounts()),

@@ -76,7 +76,17 @@ type Health struct {
 	QuietPeriod Duration `json:"quietPeriod"`
 	// Disabled turns XID monitoring off.
 	Disabled bool `json:"disabled"`
+	// DRATaintEffect is the effect of the device taint an unhealthy GPU's
+	// devices get in DRA mode (DESIGN §9): NoSchedule (default) keeps
+	// running pods, NoExecute evicts them.
+	DRATaintEffect string `json:"draTaintEffect"`
 }
+
+// Device taint effects for health.draTaintEffect.
+const (
+	TaintNoSchedule = "NoSchedule"
+	TaintNoExecute  = "NoExecute"
+)
 
 // Rule assigns a shape to the GPUs it matches.
 type Rule struct {
@@ -149,6 +159,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Health.QuietPeriod.Duration == 0 {
 		c.Health.QuietPeriod.Duration = 30 * time.Second
+	}
+	if c.Health.DRATaintEffect == "" {
+		c.Health.DRATaintEffect = TaintNoSchedule
 	}
 }
 
@@ -229,6 +242,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Health.QuietPeriod.Duration < time.Second {
 		bad("health.quietPeriod: %s is too short; write at least \"1s\"", c.Health.QuietPeriod.Duration)
+	}
+	if e := c.Health.DRATaintEffect; e != TaintNoSchedule && e != TaintNoExecute {
+		bad("health.draTaintEffect: %q is not one of NoSchedule, NoExecute", e)
 	}
 	for i, r := range c.GPUs {
 		p := fmt.Sprintf("gpus[%d]", i)

@@ -102,6 +102,10 @@ gpus: [{match: {}, shape: mig}]
 			in:      "health: {quietPeriod: soon}",
 			wantErr: []string{`health.quietPeriod: want a duration such as "30s", got "soon"`},
 		},
+		"unknown DRA taint effect": {
+			in:      "health: {draTaintEffect: Evict}",
+			wantErr: []string{`health.draTaintEffect: "Evict" is not one of NoSchedule, NoExecute`},
+		},
 		"zero duration is refused, not defaulted": {
 			in:      "health: {quietPeriod: 0s}",
 			wantErr: []string{`health.quietPeriod: 0s is too short`},

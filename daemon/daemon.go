@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/gpublocks/gpublocks/cdi"
 	"github.com/gpublocks/gpublocks/config"
+	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/plugin"
@@ -52,7 +54,14 @@ type Options struct {
 	// NodeClient reads the node's label; nil means the in-cluster client
 	// when NodeName is set.
 	NodeClient *NodeAPI
+	// KubeletAPI is KubeletAPIDevicePlugin ("" too) or KubeletAPIDRA.
+	KubeletAPI string
+	// DRA is the kubelet DRA plugin that publishes the pool in DRA mode;
+	// required then, unused otherwise.
+	DRA DRADriver
 }
+
+func (o *Options) dra() bool { return o.KubeletAPI == KubeletAPIDRA }
 
 func (o *Options) kind() cdi.Kind {
 	if o.CDIKind == (cdi.Kind{}) {
@@ -79,6 +88,10 @@ type State struct {
 	Plan      *shape.Plan
 	Spec      *specs.Spec
 	Omissions []cdi.Omission
+	// Offers and Pool are what DRA mode publishes (nil otherwise): what
+	// each GPU offers, and the devices and counters made from it.
+	Offers []shape.Offer
+	Pool   *dra.Pool
 }
 
 // Compute discovers the GPUs through b, plans them under cfg with the given
@@ -89,10 +102,25 @@ func Compute(ctx context.Context, b gpu.Backend, o Options, cfg *config.Config, 
 	if err != nil {
 		return nil, err
 	}
-	return plan(ctx, inv, o, cfg, driver, unhealthy, nil)
+	return plan(ctx, inv, o, cfg, driver, faults{unhealthy: unhealthy}, kept{})
 }
 
-func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config, driver cdi.DriverFiles, unhealthy map[string]bool, keep map[string]string) (*State, error) {
+// faults are the faulted devices a plan is made with: GPU UUIDs (every
+// device of the GPU) and MIG UUIDs, and why, for DRA's taints.
+type faults struct {
+	unhealthy map[string]bool
+	reasons   map[string]string
+}
+
+// kept is what GPUs keep while devices of them are in use, although the
+// config asks another: device-plugin shapes, and DRA offers.
+type kept struct {
+	shapes map[string]string
+	offers map[string]shape.Offer
+}
+
+func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config, driver cdi.DriverFiles, h faults, keep kept) (*State, error) {
+	unhealthy := h.unhealthy
 	strategies, err := cdi.ParseStrategies(cfg.DeviceListStrategy)
 	if err != nil {
 		return nil, err
@@ -103,7 +131,7 @@ func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config
 		Inventory: inv,
 		Config:    cfg,
 		Unhealthy: unhealthy,
-		Keep:      keep,
+		Keep:      keep.shapes,
 		Responders: func(resource string) shape.Responder {
 			r, err := cdi.NewResponder(kind, resource, strategies)
 			if err != nil {
@@ -120,7 +148,20 @@ func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config
 	if err != nil {
 		return nil, err
 	}
-	return &State{Inventory: inv, Config: cfg, Plan: p, Spec: spec, Omissions: omissions}, nil
+	st := &State{Inventory: inv, Config: cfg, Plan: p, Spec: spec, Omissions: omissions}
+	if o.dra() {
+		st.Offers = shape.Offers(inv, cfg, keep.offers)
+		reasons := map[string]string{}
+		for uuid := range unhealthy {
+			reasons[uuid] = h.reasons[uuid]
+			if reasons[uuid] == "" {
+				reasons[uuid] = "unhealthy"
+			}
+		}
+		pool := dra.BuildPool(dra.PoolInput{Offers: st.Offers, DriverVersion: inv.DriverVersion, Unhealthy: reasons, TaintEffect: taintEffect(cfg)})
+		st.Pool = &pool
+	}
+	return st, nil
 }
 
 // Daemon serves one node.
@@ -129,7 +170,8 @@ type Daemon struct {
 	backend  gpu.Backend
 	driver   cdi.DriverFiles
 	writer   *cdi.Writer
-	manager  *plugin.Manager
+	manager  *plugin.Manager // device-plugin mode only
+	pub      publisher
 	rescan   chan struct{} // rediscover, then re-plan
 	reconfig chan struct{} // a candidate config is pending
 	replan   chan struct{} // re-plan the last inventory (health changed)
@@ -156,8 +198,10 @@ type Daemon struct {
 	label           string // the node's gpublocks.io/config label
 	status          ConfigStatus
 	unhealthy       map[string]bool
-	deferred        map[string]string // GPU UUID → shape kept while allocated
-	warnedPR        bool              // warned once that pod-resources is absent
+	reasons         map[string]string      // why a device is unhealthy (DRA taints)
+	deferred        map[string]string      // GPU UUID → shape kept while allocated
+	keptOffers      map[string]shape.Offer // DRA: GPU UUID → offer kept while prepared
+	warnedPR        bool                   // warned once that pod-resources is absent
 
 	obs observers // health monitor and metrics (health.go, metrics.go)
 
@@ -214,14 +258,30 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		status:    ConfigStatus{Generation: 1, Name: src.Name},
 		unhealthy: map[string]bool{},
 	}
+	d.reasons = map[string]string{}
 	d.initObservers()
 	logger := klog.FromContext(ctx)
-	d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook(), Logger: &logger})
+	switch o.KubeletAPI {
+	case "", KubeletAPIDevicePlugin:
+		d.manager = plugin.NewManager(plugin.Options{PluginDir: o.PluginDir, OnAllocate: d.allocateHook(), Logger: &logger})
+		d.pub = devicePlugins{d.manager}
+	case KubeletAPIDRA:
+		if o.DRA == nil {
+			return nil, errors.New("DRA mode needs the DRA driver")
+		}
+		d.pub = draPublisher{o.DRA}
+	default:
+		return nil, fmt.Errorf("--kubelet-api %q is not one of %s, %s", o.KubeletAPI, KubeletAPIDevicePlugin, KubeletAPIDRA)
+	}
 	return d, nil
 }
 
-// Manager exposes the plugin manager (readiness for /readyz and tests).
+// Manager exposes the plugin manager (readiness for /readyz and tests); nil
+// in DRA mode.
 func (d *Daemon) Manager() *plugin.Manager { return d.manager }
+
+// Registered reports whether the kubelet registered what serves it.
+func (d *Daemon) Registered() bool { return d.pub.registered() }
 
 // State returns the state last served, or nil before the first.
 func (d *Daemon) State() *State {
@@ -249,6 +309,11 @@ func (d *Daemon) Replan() { signal(d.replan) }
 func (d *Daemon) SetUnhealthy(set map[string]bool) {
 	d.mu.Lock()
 	d.unhealthy = cloneSet(set)
+	for key := range d.reasons {
+		if !d.unhealthy[key] {
+			delete(d.reasons, key)
+		}
+	}
 	d.mu.Unlock()
 	d.Replan()
 }
@@ -334,7 +399,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- d.manager.Run(ctx) }()
+	go func() { errc <- d.pub.run(ctx) }()
 	poll := time.NewTicker(d.opts.DeferPollInterval)
 	defer poll.Stop()
 
@@ -470,8 +535,8 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 	}
 	d.mu.Lock()
 	prev, cfg, src := d.state, d.cfg, d.source
-	deferred := d.deferred
-	unhealthy := cloneSet(d.unhealthy)
+	deferred, keptOffers := d.deferred, d.keptOffers
+	h := faults{unhealthy: cloneSet(d.unhealthy), reasons: maps.Clone(d.reasons)}
 	d.mu.Unlock()
 	if prev == nil && alloc == nil {
 		return errors.New("the first plan needs the kubelet's allocations")
@@ -491,15 +556,17 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 	}
 
 	var st *State
-	var keep map[string]string
+	var keep kept
 	commit := false
 	if cand != nil && alloc != nil {
-		cst, ckeep, err := d.planConfig(ctx, inv, cand, candSrc, prev, alloc, unhealthy)
+		cst, ckeep, err := d.planConfig(ctx, inv, cand, candSrc, prev, alloc, h)
 		if err == nil {
-			err = d.manager.Check(cst.Plan.Resources)
+			err = d.pub.check(cst)
 		}
 		var moved []string
-		if err == nil && prev != nil {
+		if err == nil && prev != nil && !d.opts.dra() {
+			// Resource names are the device plugin's: in DRA mode
+			// the kept offers hold what claims use.
 			moved = renamed(prev.Plan, cst.Plan, alloc)
 		}
 		switch {
@@ -514,10 +581,10 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 	if st == nil {
 		var err error
 		if alloc == nil {
-			st, err = plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, deferred)
-			keep = deferred
+			keep = kept{shapes: deferred, offers: keptOffers}
+			st, err = plan(ctx, inv, d.opts, cfg, d.driver, h, keep)
 		} else {
-			st, keep, err = d.planConfig(ctx, inv, cfg, src, prev, alloc, unhealthy)
+			st, keep, err = d.planConfig(ctx, inv, cfg, src, prev, alloc, h)
 		}
 		if err != nil {
 			return err
@@ -537,12 +604,12 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 	if _, err := d.writer.Write(ctx, st.Spec); err != nil {
 		return err
 	}
-	if err := d.manager.Update(st.Plan.Resources); err != nil {
+	if err := d.pub.publish(ctx, st); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	d.state = st
-	d.deferred = keep
+	d.deferred, d.keptOffers = keep.shapes, keep.offers
 	var status ConfigStatus
 	if commit {
 		d.cfg, d.source = cand, candSrc
@@ -571,7 +638,8 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 		logOtherConfigs(logger, candSrc)
 	}
 	if alloc != nil {
-		logDeferrals(logger, deferred, keep, st)
+		logDeferrals(logger, deferred, keep.shapes, st)
+		logKeptOffers(logger, keptOffers, keep.offers, st)
 	}
 	d.observe(ctx, st)
 	return nil
@@ -579,11 +647,14 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 
 // planConfig plans inv under cfg, keeping the shape of every GPU that alloc
 // says is in use (see shapesToKeep).
-func (d *Daemon) planConfig(ctx context.Context, inv *gpu.Inventory, cfg *config.Config, src config.Source, prev *State, alloc *allocations, unhealthy map[string]bool) (*State, map[string]string, error) {
-	keep := shapesToKeep(prev, inv, cfg, alloc)
-	st, err := plan(ctx, inv, d.opts, cfg, d.driver, unhealthy, keep)
+func (d *Daemon) planConfig(ctx context.Context, inv *gpu.Inventory, cfg *config.Config, src config.Source, prev *State, alloc *allocations, h faults) (*State, kept, error) {
+	keep := kept{shapes: shapesToKeep(prev, inv, cfg, alloc)}
+	if d.opts.dra() {
+		keep.offers = draKeep(prev, inv, cfg, d.opts.DRA.PreparedDevices())
+	}
+	st, err := plan(ctx, inv, d.opts, cfg, d.driver, h, keep)
 	if err != nil {
-		return nil, nil, err
+		return nil, kept{}, err
 	}
 	st.Source = src
 	return st, keep, nil

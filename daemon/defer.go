@@ -42,6 +42,10 @@ func (a *allocations) has(id string) bool { return a.unknown || a.ids[id] }
 // once. It may take up to PodResourcesTimeout, so Run's loop never calls
 // it once serving (see Run).
 func (d *Daemon) allocated(ctx context.Context) *allocations {
+	if d.opts.dra() {
+		// What is prepared: the driver's checkpoint, in memory.
+		return preparedAllocations(d.opts.DRA.PreparedDevices())
+	}
 	logger := klog.FromContext(ctx)
 	byResource, err := listAllocated(ctx, d.opts.PodResourcesSocket, d.opts.PodResourcesTimeout)
 	switch {

@@ -53,7 +53,7 @@ func (d *Daemon) startObservers(ctx context.Context, wg *sync.WaitGroup) error {
 		return err
 	}
 	if d.obs.metrics != nil {
-		h := d.obs.metrics.Handler(metrics.Probes{Live: d.Ping, Ready: d.manager.Registered})
+		h := d.obs.metrics.Handler(metrics.Probes{Live: d.Ping, Ready: d.Registered})
 		srv, err := metrics.Listen(d.opts.MetricsAddr, h)
 		if err != nil {
 			return err
@@ -127,6 +127,20 @@ func healthPolicy(h config.Health) health.Policy {
 
 // healthEvent counts what the monitor saw.
 func (d *Daemon) healthEvent(e health.Event) {
+	if len(e.Devices) > 0 {
+		reason := "probe-failed"
+		switch {
+		case e.Type&nvml.EventTypeXidCriticalError != 0:
+			reason = fmt.Sprintf("xid-%d", e.XID)
+		case e.Type&nvml.EventTypeDoubleBitEccError != 0:
+			reason = "double-bit-ecc"
+		}
+		d.mu.Lock()
+		for _, key := range e.Devices {
+			d.reasons[key] = reason
+		}
+		d.mu.Unlock()
+	}
 	m := d.obs.metrics
 	if m == nil {
 		return

@@ -1,12 +1,8 @@
 package daemon
 
 import (
-	"maps"
 	"net"
-	"slices"
 	"time"
-
-	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpublocks/gpublocks/metrics"
 )
@@ -47,21 +43,7 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 	if st == nil {
 		return snap
 	}
-	// What the kubelet is streamed, dropped resources included: they stay
-	// registered with no devices, and their series read 0 rather than
-	// vanish.
-	served := d.manager.Devices()
-	for _, name := range slices.Sorted(maps.Keys(served)) {
-		c := metrics.Resource{Name: name}
-		for _, dev := range served[name] {
-			if dev.Health == pluginapi.Healthy {
-				c.Healthy++
-			} else {
-				c.Unhealthy++
-			}
-		}
-		snap.Resources = append(snap.Resources, c)
-	}
+	snap.Resources = d.pub.served(st)
 	for _, a := range st.Plan.GPUs {
 		snap.GPUs = append(snap.GPUs, metrics.GPU{
 			Index:   a.GPU.Index,

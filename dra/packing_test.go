@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/internal/packingtrace"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 // The cluster packing simulation replays the blocks benchmark's arrival
@@ -96,7 +97,7 @@ func newCluster(t testing.TB, n int) *cluster {
 			inv.GPUs[g].UUID = fmt.Sprintf("GPU-%03d-%d", i, g)
 		}
 		c.nodes = append(c.nodes, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}})
-		pool := BuildPool(PoolInput{Offers: Offers(&inv, cfg, nil), DriverVersion: inv.DriverVersion})
+		pool := BuildPool(PoolInput{Offers: shape.Offers(&inv, cfg, nil), DriverVersion: inv.DriverVersion})
 		for j, s := range pool.ResourceSlices(name, 1) {
 			s.Name = fmt.Sprintf("%s-%d", name, j)
 			c.slices = append(c.slices, &s)

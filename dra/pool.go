@@ -10,8 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
-	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 // DriverName is the DRA driver's name; it is also the attribute domain.
@@ -36,56 +36,9 @@ const (
 	CapacityMemory resourceapi.QualifiedName = "memory"
 )
 
-// Offer is what one GPU offers, whatever the kubelet API: the device plugin
-// and DRA publish the same decisions.
-type Offer struct {
-	GPU    *gpu.GPU
-	Whole  bool
-	Blocks bool
-	// MIG lists the GPU's MIG devices on offer (only when MIG is enabled;
-	// the GPU itself then offers neither whole nor blocks).
-	MIG []gpu.MigDevice
-}
-
-// Offers decides what each GPU offers under cfg (DESIGN §9): a rule's
-// `whole` offers the GPU whole only, `blocks` as blocks only, and a GPU no
-// rule matches offers both, exclusive through its counters, so the
-// scheduler decides per claim. A MIG-enabled GPU offers its MIG devices,
-// except those whose capability nodes are unknown (they could not be
-// injected). Keep pins GPUs (by UUID) to the shape they had, while claims
-// hold their devices.
-func Offers(inv *gpu.Inventory, cfg *config.Config, keep map[string]Offer) []Offer {
-	out := make([]Offer, 0, len(inv.GPUs))
-	for i := range inv.GPUs {
-		g := &inv.GPUs[i]
-		if k, ok := keep[g.UUID]; ok {
-			k.GPU = g
-			out = append(out, k)
-			continue
-		}
-		o := Offer{GPU: g}
-		switch shape, matched := cfg.RuleFor(g.Index, g.UUID, g.Model); {
-		case g.MigEnabled:
-			for _, md := range g.MigDevices {
-				if md.CapErr == nil {
-					o.MIG = append(o.MIG, md)
-				}
-			}
-		case !matched:
-			o.Whole, o.Blocks = true, true
-		case shape == config.ShapeBlocks:
-			o.Blocks = true
-		default:
-			o.Whole = true
-		}
-		out = append(out, o)
-	}
-	return out
-}
-
 // PoolInput is everything a pool depends on.
 type PoolInput struct {
-	Offers        []Offer
+	Offers        []shape.Offer
 	DriverVersion string // NVML's, e.g. "550.54.15"
 	// Unhealthy maps a GPU UUID (every device of the GPU) or a MIG UUID
 	// (that device) to the reason, e.g. "xid-48".
@@ -198,7 +151,7 @@ func MIGDeviceName(parent int, md gpu.MigDevice) string {
 
 // counterSlices lists the counters of a GPU: one per memory slice its MIG
 // placements span on a MIG-enabled GPU, else the single counter slice-0.
-func counterSlices(o Offer) []string {
+func counterSlices(o shape.Offer) []string {
 	n := 1
 	for _, md := range o.MIG {
 		if md.Placement != nil {

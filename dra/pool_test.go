@@ -11,6 +11,7 @@ import (
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 func inventory(t testing.TB, preset string) *gpu.Inventory {
@@ -48,7 +49,7 @@ gpus:
   - match: {index: [1]}
     shape: blocks
 `)
-	offers := Offers(inv, cfg, nil)
+	offers := shape.Offers(inv, cfg, nil)
 	require.Len(t, offers, 8)
 	require.True(t, offers[0].Whole)
 	require.False(t, offers[0].Blocks, "a whole rule offers the GPU whole only")
@@ -59,7 +60,7 @@ gpus:
 	}
 
 	// A kept GPU keeps its offer whatever the config says now.
-	kept := Offers(inv, cfg, map[string]Offer{inv.GPUs[0].UUID: {Blocks: true}})
+	kept := shape.Offers(inv, cfg, map[string]shape.Offer{inv.GPUs[0].UUID: {Blocks: true}})
 	require.True(t, kept[0].Blocks)
 	require.False(t, kept[0].Whole)
 	require.Same(t, &inv.GPUs[0], kept[0].GPU)
@@ -67,7 +68,7 @@ gpus:
 
 func TestPoolWholeAndBlocks(t *testing.T) {
 	inv := inventory(t, "dgxa100")
-	p := BuildPool(PoolInput{Offers: Offers(inv, config.Default(), nil), DriverVersion: inv.DriverVersion})
+	p := BuildPool(PoolInput{Offers: shape.Offers(inv, config.Default(), nil), DriverVersion: inv.DriverVersion})
 	require.Len(t, p.Counters, 8)
 	require.Len(t, p.Devices, 16)
 	devs := byName(p)
@@ -103,7 +104,7 @@ func TestPoolWholeAndBlocks(t *testing.T) {
 
 func TestPoolMIG(t *testing.T) {
 	inv := inventory(t, "dgxa100-mig")
-	p := BuildPool(PoolInput{Offers: Offers(inv, config.Default(), nil), DriverVersion: inv.DriverVersion})
+	p := BuildPool(PoolInput{Offers: shape.Offers(inv, config.Default(), nil), DriverVersion: inv.DriverVersion})
 	devs := byName(p)
 	_, whole := devs["gpu-0"]
 	require.False(t, whole, "a MIG-enabled GPU cannot run work itself")
@@ -139,7 +140,7 @@ func TestUnhealthyTaints(t *testing.T) {
 	inv := inventory(t, "dgxa100-mig")
 	mig := inv.GPUs[1].MigDevices[2]
 	p := BuildPool(PoolInput{
-		Offers:      Offers(inv, config.Default(), nil),
+		Offers:      shape.Offers(inv, config.Default(), nil),
 		Unhealthy:   map[string]string{inv.GPUs[3].UUID: "xid-48", mig.UUID: "xid 94!"},
 		TaintEffect: resourceapi.DeviceTaintEffectNoExecute,
 	})
@@ -158,7 +159,7 @@ func TestUnhealthyTaints(t *testing.T) {
 			require.Empty(t, d.Taints, d.Name)
 		}
 	}
-	p = BuildPool(PoolInput{Offers: Offers(inv, config.Default(), nil), Unhealthy: map[string]string{inv.GPUs[3].UUID: "xid-79"}})
+	p = BuildPool(PoolInput{Offers: shape.Offers(inv, config.Default(), nil), Unhealthy: map[string]string{inv.GPUs[3].UUID: "xid-79"}})
 	require.Equal(t, resourceapi.DeviceTaintEffectNoSchedule, byName(p)["gpu-3"].Taints[0].Effect, "default effect")
 }
 
@@ -174,9 +175,9 @@ func TestSemver(t *testing.T) {
 func TestSlicesWithinLimits(t *testing.T) {
 	// 20 GPUs offering both shapes: 20 counter sets (3 slices of ≤ 8) and
 	// 40 devices (one slice), and never a slice with both.
-	var offers []Offer
+	var offers []shape.Offer
 	for i := range 20 {
-		offers = append(offers, Offer{GPU: &gpu.GPU{Index: i, UUID: fmt.Sprintf("GPU-%d", i), NUMANode: -1}, Whole: true, Blocks: true})
+		offers = append(offers, shape.Offer{GPU: &gpu.GPU{Index: i, UUID: fmt.Sprintf("GPU-%d", i), NUMANode: -1}, Whole: true, Blocks: true})
 	}
 	p := BuildPool(PoolInput{Offers: offers})
 	slices := p.ResourceSlices("node-a", 1)
@@ -199,7 +200,7 @@ func TestSlicesWithinLimits(t *testing.T) {
 	// 40 GPUs: 80 devices need two device slices; a GPU's devices stay
 	// together.
 	for i := 20; i < 40; i++ {
-		offers = append(offers, Offer{GPU: &gpu.GPU{Index: i, UUID: fmt.Sprintf("GPU-%d", i), NUMANode: -1}, Whole: true, Blocks: true})
+		offers = append(offers, shape.Offer{GPU: &gpu.GPU{Index: i, UUID: fmt.Sprintf("GPU-%d", i), NUMANode: -1}, Whole: true, Blocks: true})
 	}
 	for _, s := range BuildPool(PoolInput{Offers: offers}).Slices() {
 		if len(s.Devices) == 0 {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -23,6 +25,7 @@ var version = "dev"
 
 func newServeCommand() *cobra.Command {
 	var o daemon.Options
+	var df draFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the node's GPUs to the kubelet and keep the CDI spec current",
@@ -32,24 +35,64 @@ func newServeCommand() *cobra.Command {
 			ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			logger := klog.FromContext(ctx)
-			logger.Info("Starting gpublocks", "version", version)
+			logger.Info("Starting gpublocks", "version", version, "kubeletAPI", o.KubeletAPI)
+			if err := checkKubeletAPI(o); err != nil {
+				return err
+			}
 			backend, err := daemon.OpenBackend(ctx, o)
 			if err != nil {
 				return err
 			}
 			defer func() { _ = backend.Close() }()
+			if o.KubeletAPI == daemon.KubeletAPIDRA {
+				drv, err := startDRA(ctx, &o, df)
+				if err != nil {
+					return err
+				}
+				defer drv.Stop()
+				// A fatal driver error ends serve, so the DaemonSet
+				// restarts it.
+				var cancel context.CancelCauseFunc
+				ctx, cancel = context.WithCancelCause(ctx)
+				defer cancel(nil)
+				go func() {
+					select {
+					case err := <-drv.Fatal():
+						cancel(err)
+					case <-ctx.Done():
+					}
+				}()
+			}
 			d, err := daemon.New(ctx, o, backend)
 			if err != nil {
 				return err
 			}
 			defer reloadOnHangup(ctx, d)()
 			err = d.Run(ctx)
+			if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+				err = cause
+			}
 			logger.Info("Stopped", "err", err)
 			return err
 		},
 	}
-	addServeFlags(cmd.Flags(), &o)
+	addServeFlags(cmd.Flags(), &o, &df)
 	return cmd
+}
+
+// checkKubeletAPI refuses an unknown --kubelet-api, and DRA mode without
+// the node's name: the pool is named after the node.
+func checkKubeletAPI(o daemon.Options) error {
+	switch o.KubeletAPI {
+	case daemon.KubeletAPIDevicePlugin:
+		return nil
+	case daemon.KubeletAPIDRA:
+		if o.NodeName == "" {
+			return errors.New("--kubelet-api dra needs --node-name (in a pod, set GPUBLOCKS_NODE_NAME from the downward API's spec.nodeName)")
+		}
+		return nil
+	}
+	return fmt.Errorf("--kubelet-api %q is not one of %s, %s", o.KubeletAPI, daemon.KubeletAPIDevicePlugin, daemon.KubeletAPIDRA)
 }
 
 func newInspectCommand() *cobra.Command {
@@ -57,17 +100,30 @@ func newInspectCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inspect",
 		Short: "Show the GPUs, their shapes, and the resources and devices serve would offer",
-		Args:  cobra.NoArgs,
+		Long: `Show the GPUs, their shapes, and the resources and devices serve would offer.
+With --kubelet-api dra it prints, as YAML, the ResourceSlices serve would
+publish for this node (named by --node-name, else the host name), without
+asking an API server.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := logContext(cmd)
+			if o.KubeletAPI != daemon.KubeletAPIDRA {
+				if err := checkKubeletAPI(o); err != nil {
+					return err
+				}
+			}
 			st, backend, err := computeOnce(ctx, o)
 			if err != nil {
 				return err
+			}
+			if o.KubeletAPI == daemon.KubeletAPIDRA {
+				return writeResourceSlices(cmd.OutOrStdout(), st, o.NodeName)
 			}
 			return st.WriteReport(cmd.OutOrStdout(), backend)
 		},
 	}
 	addDiscoveryFlags(cmd.Flags(), &o)
+	addKubeletAPIFlag(cmd.Flags(), &o)
 	return cmd
 }
 

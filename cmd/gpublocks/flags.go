@@ -17,8 +17,24 @@ func addDiscoveryFlags(fs *pflag.FlagSet, o *daemon.Options) {
 	fs.StringVar(&o.CDIDir, "cdi-dir", "/var/run/cdi", "directory for the CDI spec")
 }
 
-func addServeFlags(fs *pflag.FlagSet, o *daemon.Options) {
+// addKubeletAPIFlag registers --kubelet-api, which serve and inspect share.
+func addKubeletAPIFlag(fs *pflag.FlagSet, o *daemon.Options) {
+	fs.StringVar(&o.KubeletAPI, "kubelet-api", daemon.KubeletAPIDevicePlugin, "the kubelet API to serve: device-plugin, or dra (Dynamic Resource Allocation: the scheduler picks the GPU and the share)")
+}
+
+// draFlags are the settings of DRA mode that only the command needs.
+type draFlags struct {
+	kubeconfig   string
+	registrarDir string
+	pluginsDir   string
+}
+
+func addServeFlags(fs *pflag.FlagSet, o *daemon.Options, df *draFlags) {
 	addDiscoveryFlags(fs, o)
+	addKubeletAPIFlag(fs, o)
+	fs.StringVar(&df.kubeconfig, "kubeconfig", "", "kubeconfig for the API server in DRA mode; in-cluster credentials when empty")
+	fs.StringVar(&df.registrarDir, "kubelet-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (DRA mode)")
+	fs.StringVar(&df.pluginsDir, "kubelet-plugins-dir", "/var/lib/kubelet/plugins", "the kubelet's plugins directory, for the DRA socket and checkpoint (DRA mode)")
 	fs.StringVar(&o.PluginDir, "device-plugin-dir", "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory")
 	fs.StringVar(&o.PodResourcesSocket, "pod-resources-socket", daemon.DefaultPodResourcesSocket, "the kubelet's PodResources API, asked before a GPU with allocated devices changes shape")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9400", `address for /metrics, /healthz and /readyz; "" disables`)

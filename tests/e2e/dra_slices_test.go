@@ -15,6 +15,7 @@ import (
 	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 // TestDRASlicesPassAPIValidation runs the API server's own ResourceSlice
@@ -41,7 +42,7 @@ gpus:
 				cfg, err := config.Parse([]byte(doc))
 				require.NoError(t, err)
 				unhealthy := map[string]string{inv.GPUs[len(inv.GPUs)-1].UUID: "xid-79"}
-				pool := dra.BuildPool(dra.PoolInput{Offers: dra.Offers(inv, cfg, nil), DriverVersion: inv.DriverVersion, Unhealthy: unhealthy})
+				pool := dra.BuildPool(dra.PoolInput{Offers: shape.Offers(inv, cfg, nil), DriverVersion: inv.DriverVersion, Unhealthy: unhealthy})
 				slices := pool.ResourceSlices("gpu-node-1", 1)
 				require.NotEmpty(t, slices)
 				for i := range slices {
