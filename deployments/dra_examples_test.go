@@ -22,10 +22,11 @@ import (
 	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
+	"github.com/gpublocks/gpublocks/shape"
 )
 
 // The DRA examples are checked against what the plugin really publishes:
-// the ResourceSlices dra.BuildPool makes for simulated GPUs, with the
+// the ResourceSlices dra.BuildPool makes for simulated GPUs (as serve does), with the
 // DeviceClasses of deployments/static-dra/, through the scheduler's own
 // allocator (k8s.io/dynamic-resource-allocation/structured, as the
 // DynamicResources plugin calls it). A claim that could never be allocated,
@@ -75,7 +76,7 @@ func newNode(t *testing.T, name, preset, doc string) node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := dra.BuildPool(dra.PoolInput{Offers: dra.Offers(inv, cfg, nil), DriverVersion: inv.DriverVersion})
+	pool := dra.BuildPool(dra.PoolInput{Offers: shape.Offers(inv, cfg, nil), DriverVersion: inv.DriverVersion})
 	n := node{
 		obj:     &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}},
 		devices: map[string]resourcev1.Device{},
