@@ -378,6 +378,30 @@ func TestDRADeviceClassesSelect(t *testing.T) {
 	}
 }
 
+// TestDRAExampleSelectors compiles every CEL selector of the example claim
+// templates with the scheduler's compiler.
+func TestDRAExampleSelectors(t *testing.T) {
+	compiled := 0
+	for _, tmpl := range of[*resourcev1.ResourceClaimTemplate](decodeDir(t, "examples")) {
+		for _, r := range tmpl.Spec.Spec.Devices.Requests {
+			if r.Exactly == nil {
+				continue
+			}
+			for _, sel := range r.Exactly.Selectors {
+				if sel.CEL == nil {
+					t.Errorf("template %s request %s: a selector without CEL", tmpl.Name, r.Name)
+					continue
+				}
+				compileSelector(t, "template "+tmpl.Name+" request "+r.Name, sel.CEL.Expression)
+				compiled++
+			}
+		}
+	}
+	if compiled == 0 {
+		t.Error("no example claim template has a CEL selector (the MIG one picks its profile with one)")
+	}
+}
+
 // TestDRAExtendedResourceExample: the unchanged pod asks for the extended
 // resource the whole-GPU DeviceClass names, and nothing else of ours.
 func TestDRAExtendedResourceExample(t *testing.T) {
