@@ -405,16 +405,23 @@ func waitDaemonSetReadyNamed(t *testing.T, ctx context.Context, namespace, name 
 			return false, nil
 		}
 		ds = got
-		if ds.Status.DesiredNumberScheduled != 1 || ds.Status.NumberReady != 1 {
-			return false, nil
-		}
 		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=gpublocks"})
 		if err != nil {
 			return false, nil
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
-			if p.DeletionTimestamp == nil && p.UID != oldUID && podReady(p) {
+			if p.DeletionTimestamp != nil || p.UID == oldUID {
+				continue
+			}
+			// A plugin that keeps exiting will not become Ready: say so
+			// now, with its log, rather than at the deadline.
+			for _, cs := range p.Status.ContainerStatuses {
+				if w := cs.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" {
+					return false, fmt.Errorf("pod %s: container %s: %s: %s", p.Name, cs.Name, w.Reason, w.Message)
+				}
+			}
+			if podReady(p) && ds.Status.DesiredNumberScheduled == 1 && ds.Status.NumberReady == 1 {
 				ready = p
 				return true, nil
 			}
@@ -431,6 +438,9 @@ func waitDaemonSetReadyNamed(t *testing.T, ctx context.Context, namespace, name 
 				msg += "\n" + cl.Describe(ctx, namespace, p.Name)
 				if logs, err := cl.Logs(ctx, namespace, p.Name, "gpublocks"); err == nil {
 					msg += "\nlog:\n" + logs
+				}
+				if logs, err := cl.Client.CoreV1().Pods(namespace).GetLogs(p.Name, &v1.PodLogOptions{Container: "gpublocks", Previous: true}).DoRaw(ctx); err == nil {
+					msg += "\nlog of the previous container:\n" + string(logs)
 				}
 			}
 		}
