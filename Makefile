@@ -20,15 +20,15 @@ all: build
 ## build: bin/gpublocks (device plugin and tools) and bin/gpublocks-dra (the same plus DRA
 ## mode, which links client-go; `gpublocks serve --kubelet-api dra` runs it)
 build:
-	$(GO) build -trimpath -ldflags "-X $(VERSION_VAR)=$(VERSION)" -o $(BIN) ./cmd/gpublocks
-	$(GO) build -trimpath -ldflags "-X $(VERSION_VAR)=$(VERSION)" -o $(BIN_DRA) ./cmd/gpublocks-dra
+	$(GO) build -trimpath -ldflags "-s -w -X $(VERSION_VAR)=$(VERSION)" -o $(BIN) ./cmd/gpublocks
+	$(GO) build -trimpath -ldflags "-s -w -X $(VERSION_VAR)=$(VERSION)" -o $(BIN_DRA) ./cmd/gpublocks-dra
 
 ## image: $(IMAGE), an OCI image archive of the binary and the glibc runtime
 ## it needs (Debian packages fetched and verified by apt), without a container
 ## engine; its reference is the chart's image.repository:appVersion.
 ## `ctr -n k8s.io images import $(IMAGE)` loads it (README "Image").
 image: build
-	cd deployments && env -u GOARCH -u CC $(GO) run ./cmd/gpublocks-image -binary $(CURDIR)/$(BIN) \
+	cd deployments && env -u GOARCH -u CC $(GO) run ./cmd/gpublocks-image -binary $(CURDIR)/$(BIN) -dra-binary $(CURDIR)/$(BIN_DRA) \
 		-license $(CURDIR)/LICENSE -chart helm/gpublocks -output $(CURDIR)/$(IMAGE) \
 		-cache $(CURDIR)/bin/debs -revision "$(REVISION)" -created "$(SOURCE_DATE_EPOCH)"
 

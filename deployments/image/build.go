@@ -43,14 +43,21 @@ const (
 // from PATH.
 const BinaryPath = "/usr/bin/gpublocks"
 
+// DRABinaryPath is where the image holds gpublocks-dra, which `gpublocks
+// serve --kubelet-api dra` runs from beside itself.
+const DRABinaryPath = "/usr/bin/gpublocks-dra"
+
 // Spec is everything an image is made from. The same Spec gives the same
 // image digest.
 type Spec struct {
-	Binary   string   // the built gpublocks binary
-	License  string   // the project's LICENSE file
-	Packages []string // verified .deb files holding the C runtime
-	Arch     string   // GOARCH of Binary: amd64, arm64
-	Created  time.Time
+	Binary string // the built gpublocks binary
+	// DRABinary is the built gpublocks-dra binary (DRA mode); "" leaves
+	// it out.
+	DRABinary string
+	License   string   // the project's LICENSE file
+	Packages  []string // verified .deb files holding the C runtime
+	Arch      string   // GOARCH of Binary: amd64, arm64
+	Created   time.Time
 	// Labels become the manifest's annotations and the config's labels.
 	Labels map[string]string
 }
@@ -81,11 +88,22 @@ func Build(s Spec) (v1.Image, error) {
 		{Path: BinaryPath, Type: tar.TypeReg, Mode: 0o755, Data: bin, Source: s.Binary},
 		{Path: "/usr/share/doc/gpublocks/LICENSE", Type: tar.TypeReg, Mode: 0o644, Data: license, Source: s.License},
 	}
+	bins := []string{BinaryPath}
+	if s.DRABinary != "" {
+		dra, err := os.ReadFile(s.DRABinary)
+		if err != nil {
+			return nil, err
+		}
+		app = append(app, File{Path: DRABinaryPath, Type: tar.TypeReg, Mode: 0o755, Data: dra, Source: s.DRABinary})
+		bins = append(bins, DRABinaryPath)
+	}
 	base := newTree(runtime)
 	base.usrMerge()
 	whole := newTree(append(base.files(), app...))
-	if err := whole.checkLinking(BinaryPath, s.Arch); err != nil {
-		return nil, err
+	for _, b := range bins {
+		if err := whole.checkLinking(b, s.Arch); err != nil {
+			return nil, err
+		}
 	}
 
 	img := empty.Image

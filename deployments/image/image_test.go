@@ -118,7 +118,7 @@ func testSpec(t *testing.T) Spec {
 	license := filepath.Join(dir, "LICENSE")
 	require.NoError(t, os.WriteFile(license, []byte("Apache License 2.0\n"), 0o644))
 	return Spec{
-		Binary: bin, License: license, Packages: []string{deb}, Arch: "amd64",
+		Binary: bin, DRABinary: bin, License: license, Packages: []string{deb}, Arch: "amd64",
 		Created: time.Unix(1_780_000_000, 0),
 		Labels: map[string]string{
 			AnnotationSource: "https://github.com/gpublocks/gpublocks", AnnotationRevision: "abc123",
@@ -224,6 +224,7 @@ func TestArchiveLayout(t *testing.T) {
 	require.NoError(t, err)
 	app := untar(t, at)
 	require.Contains(t, app, "usr/bin/gpublocks")
+	require.Contains(t, app, "usr/bin/gpublocks-dra", "gpublocks runs it for --kubelet-api dra")
 	require.Equal(t, "Apache License 2.0\n", string(app["usr/share/doc/gpublocks/LICENSE"]))
 }
 
@@ -247,6 +248,17 @@ func TestMissingRuntimeIsAnError(t *testing.T) {
 	_, err = Build(s2)
 	require.ErrorIs(t, err, ErrUnresolved)
 	require.Contains(t, err.Error(), "libc.so.6 needed by /usr/bin/gpublocks")
+
+	// The DRA binary's linking is checked as well.
+	// /bin/ls needs libselinux.so.1, which the test runtime lacks.
+	s3 := testSpec(t)
+	if _, err := os.Stat("/bin/ls"); err != nil {
+		t.Skipf("no /bin/ls: %v", err)
+	}
+	s3.DRABinary = "/bin/ls"
+	_, err = Build(s3)
+	require.ErrorIs(t, err, ErrUnresolved)
+	require.Contains(t, err.Error(), "needed by /usr/bin/gpublocks-dra")
 }
 
 func TestReadDeb(t *testing.T) {
@@ -309,8 +321,10 @@ func TestBuiltImageRuns(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		require.NoError(t, err, string(out))
 	}
-	out, err := exec.Command("chroot", root, "gpublocks", "version").CombinedOutput()
-	require.NoError(t, err, string(out))
-	require.Contains(t, string(out), "gpublocks ")
-	t.Logf("in the image: %s", strings.TrimSpace(string(out)))
+	for _, bin := range []string{"gpublocks", "gpublocks-dra"} {
+		out, err := exec.Command("chroot", root, bin, "version").CombinedOutput()
+		require.NoError(t, err, string(out))
+		require.Contains(t, string(out), "gpublocks ")
+		t.Logf("in the image: %s: %s", bin, strings.TrimSpace(string(out)))
+	}
 }

@@ -30,6 +30,7 @@ func main() {
 func run() error {
 	var (
 		binary   = flag.String("binary", "bin/gpublocks", "the built gpublocks binary")
+		draBin   = flag.String("dra-binary", "", "the built gpublocks-dra binary (DRA mode); empty leaves it out")
 		license  = flag.String("license", "LICENSE", "the project's license file")
 		chart    = flag.String("chart", "deployments/helm/gpublocks", "the Helm chart whose image.repository and appVersion name the image")
 		output   = flag.String("output", "bin/gpublocks-image.tar", "the archive to write")
@@ -91,7 +92,7 @@ func run() error {
 		labels[image.AnnotationRevision] = *revision
 	}
 	img, err := image.Build(image.Spec{
-		Binary: *binary, License: *license, Packages: debs, Arch: arch, Created: when, Labels: labels,
+		Binary: *binary, DRABinary: *draBin, License: *license, Packages: debs, Arch: arch, Created: when, Labels: labels,
 	})
 	if err != nil {
 		return err
