@@ -856,7 +856,8 @@ func (d *draRun) requireNoAdmissionFailure(name string) {
 }
 
 // pluginPID returns the host PID of the plugin process in the DaemonSet
-// pod (a real process: the container's entrypoint is gpublocks itself).
+// pod (a real process: the container's entrypoint is gpublocks itself,
+// which DRA mode replaces with gpublocks-dra by exec).
 func (d *draRun) pluginPID(p *v1.Pod) int {
 	t := d.t
 	require.NotEmpty(t, p.Status.ContainerStatuses, "pod %s has no container status", p.Name)
@@ -865,7 +866,9 @@ func (d *draRun) pluginPID(p *v1.Pod) int {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	require.NoError(t, err)
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	require.True(t, len(args) > 1 && filepath.Base(args[0]) == "gpublocks" && args[1] == "serve", "pid %d is %q, not gpublocks serve", pid, args)
+	// gpublocks execs gpublocks-dra for --kubelet-api dra: same process.
+	exe := filepath.Base(args[0])
+	require.True(t, len(args) > 1 && (exe == "gpublocks" || exe == "gpublocks-dra") && args[1] == "serve", "pid %d is %q, not gpublocks serve", pid, args)
 	return pid
 }
 
