@@ -28,6 +28,13 @@ var chartDir = filepath.Join("helm", "gpublocks")
 // an error), and returns the objects and the rendered NOTES.txt.
 func render(t *testing.T, release, namespace, values string) (objects, string, error) {
 	t.Helper()
+	return renderFor(t, "1.37.2", release, namespace, values)
+}
+
+// renderFor renders the chart for a cluster of Kubernetes version kube
+// (major.minor.patch).
+func renderFor(t *testing.T, kube, release, namespace, values string) (objects, string, error) {
+	t.Helper()
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatalf("loading the chart: %v", err)
@@ -39,7 +46,8 @@ func render(t *testing.T, release, namespace, values string) (objects, string, e
 	// Render for the Kubernetes release whose API types decode the output
 	// (k8s.io/api v0.37); Helm's own default is far older.
 	caps := chartutil.DefaultCapabilities.Copy()
-	caps.KubeVersion = chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	parts := strings.SplitN(kube, ".", 3)
+	caps.KubeVersion = chartutil.KubeVersion{Version: "v" + kube, Major: parts[0], Minor: parts[1]}
 	if !chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, caps.KubeVersion.String()) {
 		t.Fatalf("Chart.yaml kubeVersion %q excludes Kubernetes %s", ch.Metadata.KubeVersion, caps.KubeVersion)
 	}
@@ -83,8 +91,11 @@ func mustRender(t *testing.T, release, namespace, values string) (objects, strin
 		if m := metaOf(o.obj); m.GetName() == "" || len(m.GetName()) > 63 {
 			t.Errorf("%s: bad name %q", o.source, m.GetName())
 		}
-		switch o.obj.(type) {
-		case *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
+		switch {
+		case clusterScoped(o.obj):
+			if ns := metaOf(o.obj).GetNamespace(); ns != "" {
+				t.Errorf("%s: cluster-scoped %s has namespace %q", o.source, o.key, ns)
+			}
 		default:
 			if ns := metaOf(o.obj).GetNamespace(); ns != namespace {
 				t.Errorf("%s: namespace %q, want the release's %q", o.source, ns, namespace)

@@ -29,6 +29,13 @@ type dsWant struct {
 	driverRoot     string // --driver-root as the container sees it
 	// hostNetwork is the chart's opt-in for clusters without kube-proxy.
 	hostNetwork bool
+	// dra: the pod serves the kubelet's DRA API (--kubelet-api=dra) from
+	// these host (and container) directories instead of the device-plugin
+	// API: devicePlugin and podResources must then be neither passed nor
+	// mounted.
+	dra              bool
+	kubeletPlugins   string
+	kubeletRegistrar string
 }
 
 var defaultWant = dsWant{
@@ -39,6 +46,18 @@ var defaultWant = dsWant{
 	podResources: "/var/lib/kubelet/pod-resources",
 	cdiDir:       "/var/run/cdi",
 	driverRoot:   "/host",
+}
+
+// draWant is defaultWant in DRA mode.
+var draWant = dsWant{
+	namespace:        "gpublocks",
+	metricsPort:      9400,
+	hostRoot:         "/",
+	cdiDir:           "/var/run/cdi",
+	driverRoot:       "/host",
+	dra:              true,
+	kubeletPlugins:   "/var/lib/kubelet/plugins",
+	kubeletRegistrar: "/var/lib/kubelet/plugins_registry",
 }
 
 // checkDaemonSet asserts what the plugin needs from its pod: the flags the
@@ -110,6 +129,22 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 		"device-plugin-dir":    w.devicePlugin,
 		"pod-resources-socket": w.podResources + "/kubelet.sock",
 		"metrics-addr":         ":" + itoa(w.metricsPort),
+	}
+	if w.dra {
+		// The DRA plugin needs neither the device-plugin directory nor
+		// PodResources (it knows what it prepared), and has no kubeconfig
+		// flag: in-cluster credentials.
+		for _, f := range []string{"device-plugin-dir", "pod-resources-socket", "kubeconfig"} {
+			delete(wantArgs, f)
+			if v, ok := args[f]; ok {
+				t.Errorf("--%s=%s in DRA mode", f, v)
+			}
+		}
+		wantArgs["kubelet-api"] = "dra"
+		wantArgs["kubelet-plugins-dir"] = w.kubeletPlugins
+		wantArgs["kubelet-registrar-dir"] = w.kubeletRegistrar
+	} else if v, ok := args["kubelet-api"]; ok {
+		t.Errorf("--kubelet-api=%s in device-plugin mode", v)
 	}
 	for name, want := range wantArgs {
 		if got, ok := args[name]; !ok || got != want {
@@ -186,8 +221,18 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, w dsWant) {
 		}
 		return &m
 	}
-	hostMount(w.devicePlugin, w.devicePlugin, false)
-	hostMount(w.podResources, w.podResources, true)
+	if w.dra {
+		hostMount(w.kubeletPlugins, w.kubeletPlugins, false)
+		hostMount(w.kubeletRegistrar, w.kubeletRegistrar, false)
+		for _, v := range spec.Volumes {
+			if hp := v.HostPath; hp != nil && (strings.HasSuffix(hp.Path, "/device-plugins") || strings.HasSuffix(hp.Path, "/pod-resources")) {
+				t.Errorf("volume %q mounts the host's %s in DRA mode: a node serves one kubelet API, never both", v.Name, hp.Path)
+			}
+		}
+	} else {
+		hostMount(w.devicePlugin, w.devicePlugin, false)
+		hostMount(w.podResources, w.podResources, true)
+	}
 	hostMount(w.cdiDir, w.cdiDir, false)
 	if m := hostMount("/host", w.hostRoot, true); m != nil &&
 		(m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer) {

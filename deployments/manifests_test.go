@@ -10,9 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -49,6 +51,11 @@ var kinds = map[string]func() any{
 	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": func() any { return &rbacv1.ClusterRoleBinding{} },
 	"apps/v1/DaemonSet":                               func() any { return &appsv1.DaemonSet{} },
 	"monitoring.coreos.com/v1/ServiceMonitor":         func() any { return &serviceMonitor{} },
+	"v1/Pod":                         func() any { return &corev1.Pod{} },
+	"resource.k8s.io/v1/DeviceClass": func() any { return &resourcev1.DeviceClass{} },
+	"resource.k8s.io/v1/ResourceClaimTemplate":                         func() any { return &resourcev1.ResourceClaimTemplate{} },
+	"admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy":        func() any { return &admissionregistrationv1.ValidatingAdmissionPolicy{} },
+	"admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding": func() any { return &admissionregistrationv1.ValidatingAdmissionPolicyBinding{} },
 }
 
 // object is one decoded document and where it came from.

@@ -56,8 +56,14 @@ const (
 var gpuNode = regexp.MustCompile(`^nvidia([0-9]+)$`)
 
 // devicesScript lists a container's GPU-related device nodes and
-// environment, then keeps it running so later steps can look again.
-const devicesScript = `echo "devices: $(cd /dev && ls -d nvidia* 2>/dev/null | tr '\n' ' ')"; env | grep -E '^(NVIDIA|GPUBLOCKS|CUDA)_' | sort; exec sleep 1000000`
+// environment, ends the list with devicesEnd, then keeps the container
+// running so later steps can look again.
+const devicesScript = `echo "devices: $(cd /dev && ls -d nvidia* 2>/dev/null | tr '\n' ' ')"; env | grep -E '^(NVIDIA|GPUBLOCKS|CUDA)_' | sort; echo ` + devicesEnd + `; exec sleep 1000000`
+
+// devicesEnd ends devicesScript's output: a log that has it has the whole
+// list (the environment comes from a pipeline after the devices line, so
+// a log read between the two would miss it).
+const devicesEnd = "end-of-devices"
 
 // TestDevicePlugin installs the chart in device-plugin mode on simulated
 // GPUs and checks, step by step, what users rely on. The steps share the
@@ -221,7 +227,7 @@ func runGPUPod(t *testing.T, ctx context.Context, name string, resources map[str
 	var logs string
 	require.NoError(t, cl.Wait(ctx, "pod "+name+" printed its devices", podTimeout, func(ctx context.Context) (bool, error) {
 		logs, err = cl.Logs(ctx, podNamespace, name, "main")
-		return err == nil && strings.Contains(logs, "devices:"), nil
+		return err == nil && strings.Contains(logs, devicesEnd), nil
 	}))
 	t.Logf("pod %s (%v) log:\n%s", name, resources, strings.TrimSpace(logs))
 
@@ -229,7 +235,7 @@ func runGPUPod(t *testing.T, ctx context.Context, name string, resources map[str
 	d.ids = allocatedIDs(t, ctx, name)
 	d.env = map[string]string{}
 	for _, line := range strings.Split(logs, "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "devices:") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "devices:") && line != devicesEnd {
 			d.env[k] = v
 		}
 	}
@@ -399,16 +405,23 @@ func waitDaemonSetReadyNamed(t *testing.T, ctx context.Context, namespace, name 
 			return false, nil
 		}
 		ds = got
-		if ds.Status.DesiredNumberScheduled != 1 || ds.Status.NumberReady != 1 {
-			return false, nil
-		}
 		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=gpublocks"})
 		if err != nil {
 			return false, nil
 		}
 		for i := range pods.Items {
 			p := &pods.Items[i]
-			if p.DeletionTimestamp == nil && p.UID != oldUID && podReady(p) {
+			if p.DeletionTimestamp != nil || p.UID == oldUID {
+				continue
+			}
+			// A plugin that keeps exiting will not become Ready: say so
+			// now, with its log, rather than at the deadline.
+			for _, cs := range p.Status.ContainerStatuses {
+				if w := cs.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" {
+					return false, fmt.Errorf("pod %s: container %s: %s: %s", p.Name, cs.Name, w.Reason, w.Message)
+				}
+			}
+			if podReady(p) && ds.Status.DesiredNumberScheduled == 1 && ds.Status.NumberReady == 1 {
 				ready = p
 				return true, nil
 			}
@@ -425,6 +438,9 @@ func waitDaemonSetReadyNamed(t *testing.T, ctx context.Context, namespace, name 
 				msg += "\n" + cl.Describe(ctx, namespace, p.Name)
 				if logs, err := cl.Logs(ctx, namespace, p.Name, "gpublocks"); err == nil {
 					msg += "\nlog:\n" + logs
+				}
+				if logs, err := cl.Client.CoreV1().Pods(namespace).GetLogs(p.Name, &v1.PodLogOptions{Container: "gpublocks", Previous: true}).DoRaw(ctx); err == nil {
+					msg += "\nlog of the previous container:\n" + string(logs)
 				}
 			}
 		}

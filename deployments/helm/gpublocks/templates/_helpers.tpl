@@ -68,3 +68,28 @@ host paths in the CDI spec.
 {{- printf "/host%s" $drv -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The kubelet API the release serves, validated: "device-plugin" or "dra".
+DRA's resource.k8s.io/v1 exists from Kubernetes 1.34 on.
+*/}}
+{{- define "gpublocks.kubeletAPI" -}}
+{{- $api := .Values.kubeletAPI | toString -}}
+{{- if not (has $api (list "device-plugin" "dra")) -}}
+{{- fail (printf "kubeletAPI (%s) must be device-plugin (extended resources such as nvidia.com/gpu) or dra (Dynamic Resource Allocation, Kubernetes >= 1.34)" $api) -}}
+{{- end -}}
+{{- if and (eq $api "dra") (not (semverCompare ">=1.34.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "kubeletAPI=dra needs Kubernetes >= 1.34 (resource.k8s.io/v1), the cluster is %s: use kubeletAPI=device-plugin, or pass helm template --kube-version" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- $api -}}
+{{- end -}}
+
+{{/* "true" when the release serves DRA, else empty. */}}
+{{- define "gpublocks.dra" -}}
+{{- if eq (include "gpublocks.kubeletAPI" .) "dra" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The DaemonSet's component label: which kubelet API its pods serve. */}}
+{{- define "gpublocks.component" -}}
+{{- if include "gpublocks.dra" . -}}dra-kubelet-plugin{{- else -}}device-plugin{{- end -}}
+{{- end -}}
