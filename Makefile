@@ -96,6 +96,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./plugin/ ./blocks/
 	$(GO) test -run '^$$' -bench XIDToListAndWatch -benchtime 300x ./daemon/
 	$(GO) test -run '^$$' -bench XIDToTaint -benchtime 100x ./daemon/
+	$(GO) test -run '^$$' -bench Prepare -benchtime 300x ./draplugin/
 	$(GO) test -run '^$$' -bench ClusterPacking -benchtime 1x -timeout 30m -v ./dra/
 	@if (cd tests/footprint && $(GO) test -c -o $(CURDIR)/bin/footprint.test .); then \
 		cd tests/footprint && GPUBLOCKS_BIN=$(CURDIR)/$(BIN) NVIDIA_DEVICE_PLUGIN_SRC=$(NVIDIA_DEVICE_PLUGIN_SRC) \
