@@ -173,6 +173,9 @@ type Daemon struct {
 	rescan   chan struct{} // rediscover, then re-plan
 	reconfig chan struct{} // a candidate config is pending
 	replan   chan struct{} // re-plan the last inventory (health changed)
+	// rescanNow asks Run's loop to rediscover, re-plan and publish at
+	// once, and answers on the channel it carries (RescanNow).
+	rescanNow chan chan error
 
 	// reloadMu serialises reloadConfig: the file watcher and the label
 	// informer both call it, and a load for a superseded label must not
@@ -251,6 +254,7 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 		rescan:    make(chan struct{}, 1),
 		reconfig:  make(chan struct{}, 1),
 		replan:    make(chan struct{}, 1),
+		rescanNow: make(chan chan error),
 		cfg:       cfg,
 		source:    src,
 		status:    ConfigStatus{Generation: 1, Name: src.Name},
@@ -298,6 +302,25 @@ func (d *Daemon) ConfigStatus() ConfigStatus {
 // Rescan asks for a new discovery (SIGHUP): a changed MIG layout is picked
 // up without a restart.
 func (d *Daemon) Rescan() { signal(d.rescan) }
+
+// RescanNow rediscovers the GPUs, re-plans with the config in force and
+// writes the CDI spec and publishes before it returns: DRA mode calls it
+// when it has made a MIG instance, whose CDI device must exist before
+// prepare answers. It fails when ctx ends first or Run is not running.
+func (d *Daemon) RescanNow(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case d.rescanNow <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Replan asks for a new plan of the GPUs already discovered.
 func (d *Daemon) Replan() { signal(d.replan) }
@@ -474,6 +497,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		case <-d.replan:
 			health()
+		case reply := <-d.rescanNow:
+			// Planned with the deferrals in force, like a health
+			// re-plan; a pending rescan is still owed its answer.
+			err := d.reconcile(ctx, true, nil)
+			healthOwed = healthOwed && err != nil
+			done(err)
+			reply <- err
 		case <-poll.C:
 			if d.pending() {
 				ask()

@@ -359,3 +359,28 @@ func BenchmarkXIDToTaint(b *testing.B) {
 	cancel()
 	require.NoError(b, <-done)
 }
+
+// RescanNow has rediscovered, written the CDI spec and published when it
+// returns: DRA mode answers prepare with a new MIG device's CDI name only
+// after it.
+func TestRescanNowIsSynchronous(t *testing.T) {
+	n, f := startDRANode(t, "dgxa100", "")
+	f.waitPool(t, has("gpu-7"))
+	require.NoError(t, n.sim.SetMigLayout(7, []string{"3g.20gb", "1g.5gb"}))
+	require.NoError(t, n.d.RescanNow(n.ctx))
+
+	st := n.d.State()
+	g := st.Inventory.GPUs[7]
+	require.True(t, g.MigEnabled)
+	require.Len(t, g.MigDevices, 2)
+	devs := n.cdiDevices()
+	for _, md := range g.MigDevices {
+		require.Contains(t, devs, "gpublocks.io/gpu="+md.UUID)
+	}
+	p, _ := f.last()
+	require.Nil(t, device(p, "gpu-7"), "published before RescanNow returned")
+
+	ctx, cancel := context.WithCancel(n.ctx)
+	cancel()
+	require.ErrorIs(t, n.d.RescanNow(ctx), context.Canceled)
+}
