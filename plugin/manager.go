@@ -44,6 +44,11 @@ type Options struct {
 	// Logger is used for what happens before Run (the first Update);
 	// nil means klog's global logger. Run logs with its context's logger.
 	Logger *klog.Logger
+
+	// beforeDial, set by tests, runs in the kubelet dialer between the
+	// first look at the kubelet socket and the connect: the window in
+	// which a restarting kubelet can replace the socket.
+	beforeDial func()
 }
 
 // A Manager serves a set of Resources to the kubelet, one gRPC server and

@@ -154,6 +154,101 @@ func TestKubeletRestart(t *testing.T) {
 	require.Equal(t, []string{"g0:Healthy"}, ids(resp.Devices))
 }
 
+// TestKubeletReplacedWhileConnecting is a kubelet restart that replaces
+// kubelet.sock after the plugin looked at it and before it connects (issue
+// 11). The registration reaches the new kubelet, so it must be recorded
+// against the new socket: recorded against the old one, the "kubelet.sock
+// created" event that follows looked like yet another kubelet and
+// registered again, and kubelet 1.37 refuses the duplicate and then every
+// later registration of the resource.
+func TestKubeletReplacedWhileConnecting(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	old := startKubelet(t, e.kubelet)
+	oldSock, err := os.Stat(e.kubelet)
+	require.NoError(t, err)
+	// The new kubelet listens elsewhere and its socket is then renamed onto
+	// kubelet.sock: both files exist at once, so the new one cannot reuse
+	// the old one's inode.
+	staged := filepath.Join(e.dir, "staged.sock")
+	k := startKubelet(t, staged)
+	// Both servers' first dials look at the old socket, then wait here
+	// until the second of them has swapped the kubelets; later dials pass.
+	var (
+		mu      sync.Mutex
+		dials   int
+		swapped = make(chan error, 1)
+		done    = make(chan struct{})
+	)
+	e.m.opts.beforeDial = func() {
+		mu.Lock()
+		dials++
+		if dials == 2 {
+			old.srv.Stop() // the old kubelet goes, and its socket with it
+			swapped <- os.Rename(staged, e.kubelet)
+			close(done)
+		}
+		mu.Unlock()
+		<-done
+	}
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	e.run(t)
+	select {
+	case err := <-swapped:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "the plugin never dialed the kubelet")
+	}
+	newSock, err := os.Stat(e.kubelet)
+	require.NoError(t, err)
+	require.False(t, os.SameFile(oldSock, newSock), "the new kubelet.sock is a new file")
+
+	got := map[string]int{}
+	for range 2 {
+		select {
+		case r := <-k.reqs:
+			got[r.ResourceName]++
+		case <-time.After(5 * time.Second):
+			require.FailNowf(t, "registrations missing", "the new kubelet got %v", got)
+		}
+	}
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
+	e.waitRegistered(t, 5*time.Second)
+
+	e.m.mu.Lock()
+	servers := []*server{e.m.servers[gpu], e.m.servers[mig]}
+	e.m.mu.Unlock()
+	for _, s := range servers {
+		// Registered turned true after the server recorded its kubelet, and
+		// nothing registers again while it stays current: s.kubelet is
+		// safe to read here.
+		require.NotNil(t, s.kubelet, s.name)
+		require.True(t, os.SameFile(newSock, s.kubelet), "%s: registration recorded against the socket it reached, not the old one", s.name)
+	}
+
+	// What the manager does on "kubelet.sock created" (and the rename's own
+	// event has done so already): every server is asked to register again
+	// unless it is registered with the kubelet now in place.
+	e.m.wakeAll(true)
+	for _, s := range servers {
+		settle(t, s)
+	}
+	require.Empty(t, k.reqs, "a duplicate registration reached the new kubelet")
+	require.Empty(t, old.reqs, "a registration reached the old kubelet")
+	require.True(t, e.m.Registered())
+}
+
+// settle waits until s's run loop has done everything its kicks so far
+// asked for: it waits for the pending kick to be taken, then kicks again
+// and waits for that one, which run takes only once it has finished the
+// work the first one caused.
+func settle(t *testing.T, s *server) {
+	t.Helper()
+	taken := func() bool { return len(s.kick) == 0 }
+	require.Eventually(t, taken, 5*time.Second, time.Millisecond, "%s: kick not taken", s.name)
+	s.wake(false)
+	require.Eventually(t, taken, 5*time.Second, time.Millisecond, "%s: second kick not taken", s.name)
+}
+
 func TestOwnSocketDeleted(t *testing.T) {
 	e := newTestEnv(t, Options{})
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))

@@ -344,6 +344,9 @@ func (s *server) register(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
+		if s.opts.beforeDial != nil {
+			s.opts.beforeDial()
+		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", s.kubeletSocket)
 		if err != nil {
