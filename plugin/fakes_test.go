@@ -91,6 +91,11 @@ func contains(ids []string, id string) bool {
 	return false
 }
 
+// waitLong bounds a test's wait for what should happen at once, such as a
+// registration. It only decides when a test gives up: generous, because a
+// machine loaded by parallel builds can stall a goroutine for seconds.
+const waitLong = 30 * time.Second
+
 // fakeKubelet is the kubelet's registration service on a socket, recording
 // every RegisterRequest.
 type fakeKubelet struct {

@@ -36,7 +36,7 @@ func TestRegistration(t *testing.T) {
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
 
-	got := k.registrations(t, 2, 2*time.Second)
+	got := k.registrations(t, 2, waitLong)
 	for _, name := range []string{gpu, mig} {
 		want := &pluginapi.RegisterRequest{
 			Version:      pluginapi.Version,
@@ -48,7 +48,7 @@ func TestRegistration(t *testing.T) {
 		require.FileExists(t, e.socket(name))
 	}
 	require.Equal(t, "gpublocks-example_com_mig-1g_10gb.sock", SocketName(mig))
-	e.waitRegistered(t, 2*time.Second)
+	e.waitRegistered(t, waitLong)
 	require.True(t, e.m.Registered())
 	// Registered turns true just before the hook runs: wait for it, and
 	// never assert while holding the hook's lock (a failed assertion would
@@ -58,7 +58,7 @@ func TestRegistration(t *testing.T) {
 		defer mu.Unlock()
 		return maps.Clone(hooked)
 	}
-	require.Eventually(t, func() bool { return len(hookedNow()) == 2 }, 2*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(hookedNow()) == 2 }, waitLong, time.Millisecond)
 	require.Equal(t, map[string]int{gpu: 1, mig: 1}, hookedNow())
 
 	opts, err := e.dial(t, gpu).GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
@@ -68,8 +68,8 @@ func TestRegistration(t *testing.T) {
 
 	// A resource added while running registers too.
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0"), newTestResource("example.com/gpu-blocks", "b0")}))
-	require.Equal(t, "example.com/gpu-blocks", k.registrations(t, 1, 2*time.Second)["example.com/gpu-blocks"].ResourceName)
-	e.waitRegistered(t, 2*time.Second)
+	require.Equal(t, "example.com/gpu-blocks", k.registrations(t, 1, waitLong)["example.com/gpu-blocks"].ResourceName)
+	e.waitRegistered(t, waitLong)
 }
 
 func TestRegistrationRetriesUntilKubeletStarts(t *testing.T) {
@@ -79,8 +79,8 @@ func TestRegistrationRetriesUntilKubeletStarts(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	require.False(t, e.m.Registered())
 	k := startKubelet(t, e.kubelet)
-	k.registrations(t, 1, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 1, waitLong)
+	e.waitRegistered(t, waitLong)
 }
 
 func TestListAndWatch(t *testing.T) {
@@ -89,8 +89,8 @@ func TestListAndWatch(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{res, newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -126,8 +126,8 @@ func TestKubeletRestart(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	// What a kubelet restart does: it goes away (kubelet.sock vanishes),
 	// the new one deletes every plugin socket, then listens again.
@@ -140,10 +140,10 @@ func TestKubeletRestart(t *testing.T) {
 	}
 	start := time.Now()
 	k2 := startKubelet(t, e.kubelet)
-	got := k2.registrations(t, 2, 2*time.Second)
+	got := k2.registrations(t, 2, waitLong)
 	require.Contains(t, got, gpu)
 	require.Contains(t, got, mig)
-	e.waitRegistered(t, 2*time.Second-time.Since(start))
+	e.waitRegistered(t, waitLong)
 	t.Logf("re-registered %v after the new kubelet started", time.Since(start))
 	k2.noRegistration(t, 200*time.Millisecond) // once per resource, not once per event
 
@@ -195,7 +195,7 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 	select {
 	case err := <-swapped:
 		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
+	case <-time.After(waitLong):
 		require.FailNow(t, "the plugin never dialed the kubelet")
 	}
 	newSock, err := os.Stat(e.kubelet)
@@ -207,12 +207,12 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 		select {
 		case r := <-k.reqs:
 			got[r.ResourceName]++
-		case <-time.After(5 * time.Second):
+		case <-time.After(waitLong):
 			require.FailNowf(t, "registrations missing", "the new kubelet got %v", got)
 		}
 	}
 	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
-	e.waitRegistered(t, 5*time.Second)
+	e.waitRegistered(t, waitLong)
 
 	e.m.mu.Lock()
 	servers := []*server{e.m.servers[gpu], e.m.servers[mig]}
@@ -244,9 +244,9 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 func settle(t *testing.T, s *server) {
 	t.Helper()
 	taken := func() bool { return len(s.kick) == 0 }
-	require.Eventually(t, taken, 5*time.Second, time.Millisecond, "%s: kick not taken", s.name)
+	require.Eventually(t, taken, waitLong, time.Millisecond, "%s: kick not taken", s.name)
 	s.wake(false)
-	require.Eventually(t, taken, 5*time.Second, time.Millisecond, "%s: second kick not taken", s.name)
+	require.Eventually(t, taken, waitLong, time.Millisecond, "%s: second kick not taken", s.name)
 }
 
 func TestOwnSocketDeleted(t *testing.T) {
@@ -254,10 +254,10 @@ func TestOwnSocketDeleted(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
+	k.registrations(t, 2, waitLong)
 
 	require.NoError(t, os.Remove(e.socket(gpu)))
-	got := k.registrations(t, 1, 2*time.Second)
+	got := k.registrations(t, 1, waitLong)
 	require.Contains(t, got, gpu, "only the resource that lost its socket registers again")
 	require.FileExists(t, e.socket(gpu))
 	k.noRegistration(t, 200*time.Millisecond)
@@ -270,8 +270,8 @@ func TestRunStopsAndRemovesSockets(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	require.ErrorIs(t, e.m.Run(context.Background()), ErrAlreadyRunning)
 
@@ -279,7 +279,7 @@ func TestRunStopsAndRemovesSockets(t *testing.T) {
 	select {
 	case err := <-e.done:
 		require.NoError(t, err)
-	case <-time.After(2 * time.Second):
+	case <-time.After(waitLong):
 		require.FailNow(t, "Run did not return after cancel")
 	}
 	e.done <- nil // for the cleanup registered by run
@@ -343,15 +343,15 @@ func TestRunStopsWhenWatcherCloses(t *testing.T) {
 	k := startKubelet(t, e.kubelet)
 	done := make(chan error, 1)
 	go func() { done <- e.m.Run(context.Background()) }()
-	k.registrations(t, 1, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 1, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	require.NoError(t, (<-watcher).Close())
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, ErrWatcherClosed)
 		require.ErrorContains(t, err, e.dir)
-	case <-time.After(5 * time.Second):
+	case <-time.After(waitLong):
 		require.FailNow(t, "Run did not return after its watcher closed")
 	}
 	// The normal shutdown path ran before Run returned.
