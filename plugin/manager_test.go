@@ -131,7 +131,7 @@ func TestKubeletRestart(t *testing.T) {
 
 	// What a kubelet restart does: it goes away (kubelet.sock vanishes),
 	// the new one deletes every plugin socket, then listens again.
-	k.srv.Stop()
+	k.stop()
 	require.NoFileExists(t, e.kubelet)
 	entries, err := os.ReadDir(e.dir)
 	require.NoError(t, err)
@@ -183,7 +183,7 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 		mu.Lock()
 		dials++
 		if dials == 2 {
-			old.srv.Stop() // the old kubelet goes, and its socket with it
+			old.stop() // the old kubelet goes, and its socket with it
 			swapped <- os.Rename(staged, e.kubelet)
 			close(done)
 		}
@@ -212,6 +212,7 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
+	k.noDeadEndpoint(t)
 	e.waitRegistered(t, waitLong)
 
 	e.m.mu.Lock()
@@ -229,6 +230,74 @@ func TestKubeletReplacedWhileConnecting(t *testing.T) {
 	// event has done so already): every server is asked to register again
 	// unless it is registered with the kubelet now in place.
 	e.m.wakeAll(true)
+	for _, s := range servers {
+		settle(t, s)
+	}
+	require.Empty(t, k.reqs, "a duplicate registration reached the new kubelet")
+	require.Empty(t, old.reqs, "a registration reached the old kubelet")
+	require.True(t, e.m.Registered())
+}
+
+// TestKubeletRestartAfterSocketCheck is a kubelet restart after a server
+// found its socket in place and before it connects: the new kubelet deletes
+// the plugin sockets, then creates kubelet.sock. The server must serve again
+// before it registers: registering the deleted socket named a dead endpoint,
+// and registering again once it was served was a duplicate, which kubelet
+// 1.37 refuses, and the resource was lost.
+func TestKubeletRestartAfterSocketCheck(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	old := startKubelet(t, e.kubelet)
+	staged := filepath.Join(e.dir, "staged.sock")
+	k := startKubelet(t, staged)
+	// Both servers' first registrations wait here until the second of them
+	// has restarted the kubelet; later ones pass.
+	var (
+		mu        sync.Mutex
+		calls     int
+		restarted = make(chan error, 1)
+		done      = make(chan struct{})
+	)
+	e.m.opts.beforeRegister = func() {
+		mu.Lock()
+		calls++
+		if calls == 2 {
+			old.stop()
+			restarted <- errors.Join(os.Remove(e.socket(gpu)), os.Remove(e.socket(mig)), os.Rename(staged, e.kubelet))
+			close(done)
+		}
+		mu.Unlock()
+		<-done
+	}
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	e.run(t)
+	select {
+	case err := <-restarted:
+		require.NoError(t, err)
+	case <-time.After(waitLong):
+		require.FailNow(t, "the servers never registered")
+	}
+
+	got := map[string]int{}
+	for range 2 {
+		select {
+		case r := <-k.reqs:
+			got[r.ResourceName]++
+			k.noDeadEndpoint(t)
+		case <-time.After(waitLong):
+			require.FailNowf(t, "registrations missing", "the new kubelet got %v", got)
+		}
+	}
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
+	e.waitRegistered(t, waitLong)
+
+	// What the manager does on the events of the restart: "kubelet.sock
+	// created" asks every server to register again unless it is registered
+	// with the kubelet in place, and a plugin socket deleted asks its
+	// server to check it (settle's second kick).
+	e.m.wakeAll(true)
+	e.m.mu.Lock()
+	servers := []*server{e.m.servers[gpu], e.m.servers[mig]}
+	e.m.mu.Unlock()
 	for _, s := range servers {
 		settle(t, s)
 	}
