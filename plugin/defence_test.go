@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -85,7 +84,7 @@ func TestGetPreferredAllocationRefusesInvalidAnswer(t *testing.T) {
 			require.NoError(t, e.m.Update([]Resource{&preferResource{newTestResource(gpu, "g0", "g1"), tc.answer}}))
 			k := startKubelet(t, e.kubelet)
 			e.run(t)
-			k.registrations(t, 1, 2*time.Second)
+			k.registrations(t, 1, waitLong)
 			resp, err := e.dial(t, gpu).GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{
 				ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{
 					AvailableDeviceIDs: []string{"g0", "g0", "g1"}, AllocationSize: 2,
@@ -181,7 +180,7 @@ func TestInvalidUTF8IsInvalidArgument(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0", "g1")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 1, 2*time.Second)
+	k.registrations(t, 1, waitLong)
 	conn, err := grpc.NewClient("unix:"+e.socket(gpu), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })

@@ -70,11 +70,15 @@
 // directory and creates kubelet.sock. The Manager watches the directory
 // (fsnotify, plus a periodic check as a safety net): a vanished plugin
 // socket is served again, and a new kubelet.sock makes every resource
-// register again, so the plugin never needs a restart. Registration retries
-// with exponential backoff (100 ms to 5 s by default) while the kubelet is
-// away, and logs every failed attempt. Registered and WaitRegistered report
-// when every resource is registered with the current kubelet, for a
-// readiness probe.
+// register again, so the plugin never needs a restart. Each resource
+// registers once per kubelet: a connection counts only if it was made to
+// one unchanged kubelet.sock with the resource's own socket still in place,
+// otherwise the attempt is dropped and made again (kubelet 1.37 refuses a
+// second registration of a resource, and then every later one until it
+// restarts). Registration retries with exponential backoff (100 ms to 5 s
+// by default) while the kubelet is away, and logs every failed attempt.
+// Registered and WaitRegistered report when every resource is registered
+// with the current kubelet, for a readiness probe.
 //
 // # Errors
 //

@@ -91,11 +91,21 @@ func contains(ids []string, id string) bool {
 	return false
 }
 
+// waitLong bounds a test's wait for what should happen at once, such as a
+// registration. It only decides when a test gives up: generous, because a
+// machine loaded by parallel builds can stall a goroutine for seconds.
+const waitLong = 30 * time.Second
+
 // fakeKubelet is the kubelet's registration service on a socket, recording
 // every RegisterRequest.
 type fakeKubelet struct {
 	pluginapi.UnimplementedRegistrationServer
-	reqs chan *pluginapi.RegisterRequest
+	socket string
+	info   os.FileInfo // the socket file it listens on
+	reqs   chan *pluginapi.RegisterRequest
+	// dead gets the endpoint of every registration whose socket did not
+	// exist when it arrived: a kubelet could not reach that plugin.
+	dead chan string
 	srv  *grpc.Server
 }
 
@@ -103,14 +113,38 @@ func startKubelet(t testing.TB, socket string) *fakeKubelet {
 	t.Helper()
 	lis, err := net.Listen("unix", socket)
 	require.NoError(t, err)
-	k := &fakeKubelet{reqs: make(chan *pluginapi.RegisterRequest, 100), srv: grpc.NewServer()}
+	// stop removes the socket itself. Left to the listener, a Stop that
+	// came before Serve started would have Serve close it, and unlink the
+	// path, later, when it may hold another kubelet's socket.
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
+	info, err := os.Stat(socket)
+	require.NoError(t, err)
+	k := &fakeKubelet{
+		socket: socket,
+		info:   info,
+		reqs:   make(chan *pluginapi.RegisterRequest, 100),
+		dead:   make(chan string, 100),
+		srv:    grpc.NewServer(),
+	}
 	pluginapi.RegisterRegistrationServer(k.srv, k)
 	go func() { _ = k.srv.Serve(lis) }()
-	t.Cleanup(k.srv.Stop)
+	t.Cleanup(k.stop)
 	return k
 }
 
+// stop shuts the kubelet down and removes its socket if the path still
+// holds it, as a stopping kubelet does.
+func (k *fakeKubelet) stop() {
+	k.srv.Stop()
+	if fi, err := os.Stat(k.socket); err == nil && os.SameFile(fi, k.info) {
+		_ = os.Remove(k.socket)
+	}
+}
+
 func (k *fakeKubelet) Register(_ context.Context, req *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	if _, err := os.Stat(filepath.Join(filepath.Dir(k.socket), req.Endpoint)); err != nil {
+		k.dead <- req.Endpoint
+	}
 	k.reqs <- req
 	return &pluginapi.Empty{}, nil
 }
@@ -125,11 +159,23 @@ func (k *fakeKubelet) registrations(t testing.TB, n int, timeout time.Duration) 
 		select {
 		case r := <-k.reqs:
 			got[r.ResourceName] = r
+			k.noDeadEndpoint(t)
 		case <-deadline:
 			require.FailNowf(t, "registrations missing", "got %d of %d within %v: %v", len(got), n, timeout, got)
 		}
 	}
 	return got
+}
+
+// noDeadEndpoint asserts that every registration received so far named a
+// socket that existed when it arrived.
+func (k *fakeKubelet) noDeadEndpoint(t testing.TB) {
+	t.Helper()
+	select {
+	case ep := <-k.dead:
+		require.FailNowf(t, "registration with a dead endpoint", "socket %s did not exist when its registration arrived", ep)
+	default:
+	}
 }
 
 // noRegistration asserts that nothing registers within d.

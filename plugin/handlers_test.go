@@ -36,7 +36,7 @@ func servedEnv(t *testing.T, opts Options) pluginapi.DevicePluginClient {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0", "g1", "g2", "g3", "refuse")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 1, 2*time.Second)
+	k.registrations(t, 1, waitLong)
 	return e.dial(t, gpu)
 }
 
@@ -153,7 +153,7 @@ func TestGetPreferredAllocationOnDroppedResource(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0", "g1"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
+	k.registrations(t, 2, waitLong)
 	c := e.dial(t, gpu)
 
 	// Dropped: the kubelet may still ask with the IDs it saw last.

@@ -44,6 +44,13 @@ type Options struct {
 	// Logger is used for what happens before Run (the first Update);
 	// nil means klog's global logger. Run logs with its context's logger.
 	Logger *klog.Logger
+
+	// beforeRegister and beforeDial, set by tests, run as a server starts
+	// to register (its socket found in place) and in the kubelet dialer
+	// between the first look at the kubelet socket and the connect: the
+	// windows in which a restarting kubelet can delete the plugin sockets
+	// and replace its own.
+	beforeRegister, beforeDial func()
 }
 
 // A Manager serves a set of Resources to the kubelet, one gRPC server and

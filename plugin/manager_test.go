@@ -36,7 +36,7 @@ func TestRegistration(t *testing.T) {
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
 
-	got := k.registrations(t, 2, 2*time.Second)
+	got := k.registrations(t, 2, waitLong)
 	for _, name := range []string{gpu, mig} {
 		want := &pluginapi.RegisterRequest{
 			Version:      pluginapi.Version,
@@ -48,7 +48,7 @@ func TestRegistration(t *testing.T) {
 		require.FileExists(t, e.socket(name))
 	}
 	require.Equal(t, "gpublocks-example_com_mig-1g_10gb.sock", SocketName(mig))
-	e.waitRegistered(t, 2*time.Second)
+	e.waitRegistered(t, waitLong)
 	require.True(t, e.m.Registered())
 	// Registered turns true just before the hook runs: wait for it, and
 	// never assert while holding the hook's lock (a failed assertion would
@@ -58,7 +58,7 @@ func TestRegistration(t *testing.T) {
 		defer mu.Unlock()
 		return maps.Clone(hooked)
 	}
-	require.Eventually(t, func() bool { return len(hookedNow()) == 2 }, 2*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(hookedNow()) == 2 }, waitLong, time.Millisecond)
 	require.Equal(t, map[string]int{gpu: 1, mig: 1}, hookedNow())
 
 	opts, err := e.dial(t, gpu).GetDevicePluginOptions(context.Background(), &pluginapi.Empty{})
@@ -68,8 +68,8 @@ func TestRegistration(t *testing.T) {
 
 	// A resource added while running registers too.
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0"), newTestResource("example.com/gpu-blocks", "b0")}))
-	require.Equal(t, "example.com/gpu-blocks", k.registrations(t, 1, 2*time.Second)["example.com/gpu-blocks"].ResourceName)
-	e.waitRegistered(t, 2*time.Second)
+	require.Equal(t, "example.com/gpu-blocks", k.registrations(t, 1, waitLong)["example.com/gpu-blocks"].ResourceName)
+	e.waitRegistered(t, waitLong)
 }
 
 func TestRegistrationRetriesUntilKubeletStarts(t *testing.T) {
@@ -79,8 +79,8 @@ func TestRegistrationRetriesUntilKubeletStarts(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	require.False(t, e.m.Registered())
 	k := startKubelet(t, e.kubelet)
-	k.registrations(t, 1, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 1, waitLong)
+	e.waitRegistered(t, waitLong)
 }
 
 func TestListAndWatch(t *testing.T) {
@@ -89,8 +89,8 @@ func TestListAndWatch(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{res, newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -126,12 +126,12 @@ func TestKubeletRestart(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	// What a kubelet restart does: it goes away (kubelet.sock vanishes),
 	// the new one deletes every plugin socket, then listens again.
-	k.srv.Stop()
+	k.stop()
 	require.NoFileExists(t, e.kubelet)
 	entries, err := os.ReadDir(e.dir)
 	require.NoError(t, err)
@@ -140,10 +140,10 @@ func TestKubeletRestart(t *testing.T) {
 	}
 	start := time.Now()
 	k2 := startKubelet(t, e.kubelet)
-	got := k2.registrations(t, 2, 2*time.Second)
+	got := k2.registrations(t, 2, waitLong)
 	require.Contains(t, got, gpu)
 	require.Contains(t, got, mig)
-	e.waitRegistered(t, 2*time.Second-time.Since(start))
+	e.waitRegistered(t, waitLong)
 	t.Logf("re-registered %v after the new kubelet started", time.Since(start))
 	k2.noRegistration(t, 200*time.Millisecond) // once per resource, not once per event
 
@@ -154,15 +154,179 @@ func TestKubeletRestart(t *testing.T) {
 	require.Equal(t, []string{"g0:Healthy"}, ids(resp.Devices))
 }
 
+// TestKubeletReplacedWhileConnecting is a kubelet restart that replaces
+// kubelet.sock after the plugin looked at it and before it connects (issue
+// 11). The registration reaches the new kubelet, so it must be recorded
+// against the new socket: recorded against the old one, the "kubelet.sock
+// created" event that follows looked like yet another kubelet and
+// registered again, and kubelet 1.37 refuses the duplicate and then every
+// later registration of the resource.
+func TestKubeletReplacedWhileConnecting(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	old := startKubelet(t, e.kubelet)
+	oldSock, err := os.Stat(e.kubelet)
+	require.NoError(t, err)
+	// The new kubelet listens elsewhere and its socket is then renamed onto
+	// kubelet.sock: both files exist at once, so the new one cannot reuse
+	// the old one's inode.
+	staged := filepath.Join(e.dir, "staged.sock")
+	k := startKubelet(t, staged)
+	// Both servers' first dials look at the old socket, then wait here
+	// until the second of them has swapped the kubelets; later dials pass.
+	var (
+		mu      sync.Mutex
+		dials   int
+		swapped = make(chan error, 1)
+		done    = make(chan struct{})
+	)
+	e.m.opts.beforeDial = func() {
+		mu.Lock()
+		dials++
+		if dials == 2 {
+			old.stop() // the old kubelet goes, and its socket with it
+			swapped <- os.Rename(staged, e.kubelet)
+			close(done)
+		}
+		mu.Unlock()
+		<-done
+	}
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	e.run(t)
+	select {
+	case err := <-swapped:
+		require.NoError(t, err)
+	case <-time.After(waitLong):
+		require.FailNow(t, "the plugin never dialed the kubelet")
+	}
+	newSock, err := os.Stat(e.kubelet)
+	require.NoError(t, err)
+	require.False(t, os.SameFile(oldSock, newSock), "the new kubelet.sock is a new file")
+
+	got := map[string]int{}
+	for range 2 {
+		select {
+		case r := <-k.reqs:
+			got[r.ResourceName]++
+		case <-time.After(waitLong):
+			require.FailNowf(t, "registrations missing", "the new kubelet got %v", got)
+		}
+	}
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
+	k.noDeadEndpoint(t)
+	e.waitRegistered(t, waitLong)
+
+	e.m.mu.Lock()
+	servers := []*server{e.m.servers[gpu], e.m.servers[mig]}
+	e.m.mu.Unlock()
+	for _, s := range servers {
+		// Registered turned true after the server recorded its kubelet, and
+		// nothing registers again while it stays current: s.kubelet is
+		// safe to read here.
+		require.NotNil(t, s.kubelet, s.name)
+		require.True(t, os.SameFile(newSock, s.kubelet), "%s: registration recorded against the socket it reached, not the old one", s.name)
+	}
+
+	// What the manager does on "kubelet.sock created" (and the rename's own
+	// event has done so already): every server is asked to register again
+	// unless it is registered with the kubelet now in place.
+	e.m.wakeAll(true)
+	for _, s := range servers {
+		settle(t, s)
+	}
+	require.Empty(t, k.reqs, "a duplicate registration reached the new kubelet")
+	require.Empty(t, old.reqs, "a registration reached the old kubelet")
+	require.True(t, e.m.Registered())
+}
+
+// TestKubeletRestartAfterSocketCheck is a kubelet restart after a server
+// found its socket in place and before it connects: the new kubelet deletes
+// the plugin sockets, then creates kubelet.sock. The server must serve again
+// before it registers: registering the deleted socket named a dead endpoint,
+// and registering again once it was served was a duplicate, which kubelet
+// 1.37 refuses, and the resource was lost.
+func TestKubeletRestartAfterSocketCheck(t *testing.T) {
+	e := newTestEnv(t, Options{})
+	old := startKubelet(t, e.kubelet)
+	staged := filepath.Join(e.dir, "staged.sock")
+	k := startKubelet(t, staged)
+	// Both servers' first registrations wait here until the second of them
+	// has restarted the kubelet; later ones pass.
+	var (
+		mu        sync.Mutex
+		calls     int
+		restarted = make(chan error, 1)
+		done      = make(chan struct{})
+	)
+	e.m.opts.beforeRegister = func() {
+		mu.Lock()
+		calls++
+		if calls == 2 {
+			old.stop()
+			restarted <- errors.Join(os.Remove(e.socket(gpu)), os.Remove(e.socket(mig)), os.Rename(staged, e.kubelet))
+			close(done)
+		}
+		mu.Unlock()
+		<-done
+	}
+	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
+	e.run(t)
+	select {
+	case err := <-restarted:
+		require.NoError(t, err)
+	case <-time.After(waitLong):
+		require.FailNow(t, "the servers never registered")
+	}
+
+	got := map[string]int{}
+	for range 2 {
+		select {
+		case r := <-k.reqs:
+			got[r.ResourceName]++
+			k.noDeadEndpoint(t)
+		case <-time.After(waitLong):
+			require.FailNowf(t, "registrations missing", "the new kubelet got %v", got)
+		}
+	}
+	require.Equal(t, map[string]int{gpu: 1, mig: 1}, got, "one registration per resource reaches the new kubelet")
+	e.waitRegistered(t, waitLong)
+
+	// What the manager does on the events of the restart: "kubelet.sock
+	// created" asks every server to register again unless it is registered
+	// with the kubelet in place, and a plugin socket deleted asks its
+	// server to check it (settle's second kick).
+	e.m.wakeAll(true)
+	e.m.mu.Lock()
+	servers := []*server{e.m.servers[gpu], e.m.servers[mig]}
+	e.m.mu.Unlock()
+	for _, s := range servers {
+		settle(t, s)
+	}
+	require.Empty(t, k.reqs, "a duplicate registration reached the new kubelet")
+	require.Empty(t, old.reqs, "a registration reached the old kubelet")
+	require.True(t, e.m.Registered())
+}
+
+// settle waits until s's run loop has done everything its kicks so far
+// asked for: it waits for the pending kick to be taken, then kicks again
+// and waits for that one, which run takes only once it has finished the
+// work the first one caused.
+func settle(t *testing.T, s *server) {
+	t.Helper()
+	taken := func() bool { return len(s.kick) == 0 }
+	require.Eventually(t, taken, waitLong, time.Millisecond, "%s: kick not taken", s.name)
+	s.wake(false)
+	require.Eventually(t, taken, waitLong, time.Millisecond, "%s: second kick not taken", s.name)
+}
+
 func TestOwnSocketDeleted(t *testing.T) {
 	e := newTestEnv(t, Options{})
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
+	k.registrations(t, 2, waitLong)
 
 	require.NoError(t, os.Remove(e.socket(gpu)))
-	got := k.registrations(t, 1, 2*time.Second)
+	got := k.registrations(t, 1, waitLong)
 	require.Contains(t, got, gpu, "only the resource that lost its socket registers again")
 	require.FileExists(t, e.socket(gpu))
 	k.noRegistration(t, 200*time.Millisecond)
@@ -175,8 +339,8 @@ func TestRunStopsAndRemovesSockets(t *testing.T) {
 	require.NoError(t, e.m.Update([]Resource{newTestResource(gpu, "g0"), newTestResource(mig, "m0")}))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 2, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	require.ErrorIs(t, e.m.Run(context.Background()), ErrAlreadyRunning)
 
@@ -184,7 +348,7 @@ func TestRunStopsAndRemovesSockets(t *testing.T) {
 	select {
 	case err := <-e.done:
 		require.NoError(t, err)
-	case <-time.After(2 * time.Second):
+	case <-time.After(waitLong):
 		require.FailNow(t, "Run did not return after cancel")
 	}
 	e.done <- nil // for the cleanup registered by run
@@ -248,15 +412,15 @@ func TestRunStopsWhenWatcherCloses(t *testing.T) {
 	k := startKubelet(t, e.kubelet)
 	done := make(chan error, 1)
 	go func() { done <- e.m.Run(context.Background()) }()
-	k.registrations(t, 1, 2*time.Second)
-	e.waitRegistered(t, 2*time.Second)
+	k.registrations(t, 1, waitLong)
+	e.waitRegistered(t, waitLong)
 
 	require.NoError(t, (<-watcher).Close())
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, ErrWatcherClosed)
 		require.ErrorContains(t, err, e.dir)
-	case <-time.After(5 * time.Second):
+	case <-time.After(waitLong):
 		require.FailNow(t, "Run did not return after its watcher closed")
 	}
 	// The normal shutdown path ran before Run returned.

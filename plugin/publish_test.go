@@ -156,10 +156,15 @@ func offered(s *server) []string {
 func TestUpdateWaitsForTheShrunkListToGoOut(t *testing.T) {
 	const blocks = "example.com/gpu-blocks"
 	e := newTestEnv(t, Options{})
+	// The order is under test, not the bound (the next test's): with the
+	// default second, a loaded machine that stalled this test for that
+	// long between the stream's Send and the check below made Update give
+	// up waiting and offer the blocks, and the test failed.
+	e.m.sentWait = time.Hour
 	require.NoError(t, e.m.Update(layout{"gpu": {"g0", "g1"}, "gpu-blocks": {}}.resources()))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
+	k.registrations(t, 2, waitLong)
 	w := e.watch(t, gpu)
 	b := e.server(blocks)
 
@@ -181,7 +186,7 @@ func TestUpdateWaitsBoundedForAStuckStream(t *testing.T) {
 	require.NoError(t, e.m.Update(layout{"gpu": {"g0", "g1"}, "gpu-blocks": {}}.resources()))
 	k := startKubelet(t, e.kubelet)
 	e.run(t)
-	k.registrations(t, 2, 2*time.Second)
+	k.registrations(t, 2, waitLong)
 	w := e.watch(t, gpu)
 
 	// The stream takes the shrunk list but never returns from Send: Update

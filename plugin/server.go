@@ -323,9 +323,16 @@ func (s *server) registeredWithCurrentKubelet() bool {
 // errKubeletReplaced means the kubelet's socket changed while connecting.
 var errKubeletReplaced = errors.New("kubelet socket replaced while connecting")
 
+// errSocketGone means our own socket was deleted before the connection to
+// the kubelet was made.
+var errSocketGone = errors.New("plugin socket deleted before connecting to the kubelet; serving it again first")
+
 // register sends one RegisterRequest to the kubelet.
 func (s *server) register(ctx context.Context) error {
 	s.kubelet = nil
+	if s.opts.beforeRegister != nil {
+		s.opts.beforeRegister()
+	}
 	if _, err := os.Stat(s.kubeletSocket); err != nil {
 		return fmt.Errorf("kubelet socket: %w", err)
 	}
@@ -338,11 +345,23 @@ func (s *server) register(ctx context.Context) error {
 	// registration; the new socket's creation then looked like yet
 	// another kubelet, and the second registration, refused by the
 	// kubelet as a duplicate, left the resource unusable.
-	var kubelet atomic.Value // os.FileInfo, set by the dialer on gRPC's goroutine
+	//
+	// A restarting kubelet also deletes the plugin sockets, before it
+	// creates its own. So once connected, our socket is looked at too: a
+	// kubelet reached now has already deleted what it deletes, and a
+	// socket gone by then must be served again before registering.
+	// Registering it anyway named a dead endpoint, and registering again
+	// once it was served was the duplicate the kubelet refuses.
+	ours := s.sockInfo // reconcile serves before it registers
+	// kubelet is set by the dialer, on gRPC's goroutine.
+	var kubelet atomic.Value // os.FileInfo
 	dial := func(ctx context.Context, _ string) (net.Conn, error) {
 		before, err := os.Stat(s.kubeletSocket)
 		if err != nil {
 			return nil, err
+		}
+		if s.opts.beforeDial != nil {
+			s.opts.beforeDial()
 		}
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", s.kubeletSocket)
@@ -353,6 +372,10 @@ func (s *server) register(ctx context.Context) error {
 		if err != nil || !os.SameFile(before, after) || !before.ModTime().Equal(after.ModTime()) {
 			_ = c.Close()
 			return nil, errKubeletReplaced
+		}
+		if fi, err := os.Stat(s.socket); err != nil || ours == nil || !os.SameFile(fi, ours) {
+			_ = c.Close()
+			return nil, errSocketGone
 		}
 		kubelet.Store(before)
 		return c, nil
