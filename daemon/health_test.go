@@ -205,10 +205,22 @@ func TestSimulatedFaultOverHTTP(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 
 	require.NotNil(t, n.d.SimulateAddr())
-	resp, err = http.Post("http://"+n.d.SimulateAddr().String()+"/simulate/xid?gpu=5&xid=48", "", nil)
-	require.NoError(t, err)
-	_ = resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	// 409 means the health monitor does not watch the GPU yet (the fault
+	// would be lost): ask again, as inject does.
+	n.inject(func() error {
+		resp, err := http.Post("http://"+n.d.SimulateAddr().String()+"/simulate/xid?gpu=5&xid=48", "", nil)
+		if err != nil {
+			return err
+		}
+		_ = resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			return nil
+		case http.StatusConflict:
+			return sim.ErrNoListener
+		}
+		return fmt.Errorf("POST /simulate/xid: %s", resp.Status)
+	})
 	uuid := n.d.State().Inventory.GPUs[5].UUID
 	p, err := n.kubelet.Plugin(n.ctx, "nvidia.com/gpu")
 	require.NoError(t, err)
