@@ -261,18 +261,24 @@ func TestChartDevicePluginHasNoDRA(t *testing.T) {
 	}
 }
 
-// TestChartKubeletAPIRefused: a kubeletAPI the chart does not know, or DRA
-// on a cluster without resource.k8s.io/v1, fails `helm template` with a
-// message naming the value and what to do.
+// TestChartKubeletAPIRefused: a kubeletAPI the chart does not know, DRA on
+// a cluster without resource.k8s.io/v1, or DRA with a surge update (two
+// pods on one node) fails `helm template` with a message naming the value
+// and what to do.
 func TestChartKubeletAPIRefused(t *testing.T) {
 	for name, tc := range map[string]struct{ kube, values, want string }{
-		"misspelt":           {"1.37.2", "kubeletAPI: deviceplugin", "kubeletAPI (deviceplugin) must be device-plugin"},
-		"capitalised":        {"1.37.2", "kubeletAPI: DRA", "kubeletAPI (DRA) must be device-plugin (extended resources such as nvidia.com/gpu) or dra"},
-		"empty":              {"1.37.2", `kubeletAPI: ""`, "kubeletAPI () must be"},
-		"both":               {"1.37.2", "kubeletAPI: [device-plugin, dra]", "must be device-plugin"},
-		"DRA before v1":      {"1.33.4", "kubeletAPI: dra", "kubeletAPI=dra needs Kubernetes >= 1.34 (resource.k8s.io/v1), the cluster is v1.33.4"},
-		"DRA pre-release":    {"1.34.0-rc.1", "kubeletAPI: dra", ""},
-		"device-plugin 1.29": {"1.29.0", "", ""},
+		"misspelt":            {"1.37.2", "kubeletAPI: deviceplugin", "kubeletAPI (deviceplugin) must be device-plugin"},
+		"capitalised":         {"1.37.2", "kubeletAPI: DRA", "kubeletAPI (DRA) must be device-plugin (extended resources such as nvidia.com/gpu) or dra"},
+		"empty":               {"1.37.2", `kubeletAPI: ""`, "kubeletAPI () must be"},
+		"both":                {"1.37.2", "kubeletAPI: [device-plugin, dra]", "must be device-plugin"},
+		"DRA before v1":       {"1.33.4", "kubeletAPI: dra", "kubeletAPI=dra needs Kubernetes >= 1.34 (resource.k8s.io/v1), the cluster is v1.33.4"},
+		"DRA pre-release":     {"1.34.0-rc.1", "kubeletAPI: dra", ""},
+		"DRA surge":           {"1.37.2", "kubeletAPI: dra\nupdateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}", "updateStrategy.rollingUpdate.maxSurge (1) must be 0 with kubeletAPI=dra"},
+		"DRA surge percent":   {"1.37.2", "kubeletAPI: dra\nupdateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 10%, maxUnavailable: 0}}", "maxSurge (10%) must be 0"},
+		"DRA no surge":        {"1.37.2", "kubeletAPI: dra\nupdateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 2}}", ""},
+		"DRA OnDelete":        {"1.37.2", "kubeletAPI: dra\nupdateStrategy: {type: OnDelete, rollingUpdate: null}", ""},
+		"device-plugin surge": {"1.37.2", "updateStrategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}", ""},
+		"device-plugin 1.29":  {"1.29.0", "", ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := renderFor(t, tc.kube, "gpublocks", "gpublocks", tc.values)

@@ -80,8 +80,11 @@ func TestServeWithManifestArgs(t *testing.T) {
 		}
 	}()
 
+	// Both are observable only from outside, and in no fixed order: the
+	// metrics listener may answer before discovery has written the spec.
 	deadline := time.Now().Add(10 * time.Second)
 	client := http.Client{Timeout: time.Second}
+	spec := filepath.Join(cdiDir, "gpublocks.io-gpu.yaml")
 	for {
 		select {
 		case err := <-exited:
@@ -89,20 +92,26 @@ func TestServeWithManifestArgs(t *testing.T) {
 			t.Fatalf("serve exited early: %v", err)
 		default:
 		}
-		resp, err := client.Get("http://" + addr + "/healthz")
-		if err == nil {
+		resp, healthErr := client.Get("http://" + addr + "/healthz")
+		if healthErr == nil {
 			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
+			if resp.StatusCode != http.StatusOK {
+				healthErr = fmt.Errorf("status %s", resp.Status)
 			}
-			err = fmt.Errorf("status %s", resp.Status)
+		}
+		_, specErr := os.Stat(spec)
+		if healthErr == nil && specErr == nil {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the liveness probe's GET /healthz on %s (--metrics-addr) never succeeded: %v", addr, err)
+			if healthErr != nil {
+				t.Errorf("the liveness probe's GET /healthz on %s (--metrics-addr) never succeeded: %v", addr, healthErr)
+			}
+			if specErr != nil {
+				t.Errorf("no CDI spec in --cdi-dir: %v", specErr)
+			}
+			t.FailNow()
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	if _, err := os.Stat(filepath.Join(cdiDir, "gpublocks.io-gpu.yaml")); err != nil {
-		t.Errorf("no CDI spec in --cdi-dir: %v", err)
 	}
 }
