@@ -100,6 +100,10 @@ func TestDemo(t *testing.T) {
 		"/dev/nvidia-caps/nvidia-cap",
 		"GPUBLOCKS_BLOCKS=30",
 		"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+		// Day to night on GPU 1, live, after the process in it ends.
+		"== Day -> night",
+		"GPU 1 waits: compute processes running",
+		"nvidia.com/mig-1g.10gb capacity 2, nvidia.com/mig-3g.40gb capacity 3, no restart",
 	} {
 		require.Contains(t, out, want)
 	}
