@@ -91,15 +91,17 @@ func (d *Daemon) reconcileMig(ctx context.Context, st *State, keep kept, prev *S
 	return st, keep, applyErr
 }
 
-// migLayoutRules lists the GPUs of inv whose config rule gives a layout,
-// with that layout and the rule's key path. A rule whose layout does not
-// parse was rejected at load, so it is skipped here.
+// migTarget is a GPU whose config rule gives a layout, with that layout
+// and the rule's key path.
 type migTarget struct {
 	gpu    *gpu.GPU
 	layout mig.Layout
 	key    string
 }
 
+// migTargets lists the GPUs of inv whose rule in cfg gives a layout. A
+// rule whose layout does not parse was rejected at load, so it is skipped
+// here.
 func migTargets(inv *gpu.Inventory, cfg *config.Config) []migTarget {
 	var out []migTarget
 	for i := range inv.GPUs {
@@ -226,13 +228,16 @@ func (d *Daemon) applyMigLayouts(ctx context.Context, inv *gpu.Inventory, cfg *c
 			continue
 		}
 		if !plan.Changes() {
-			if _, was := d.migs.logged[g.UUID]; was {
-				delete(d.migs.logged, g.UUID)
-			}
+			delete(d.migs.logged, g.UUID)
 			out = append(out, st)
 			continue
 		}
 		st.Plan = plan.String()
+		if alloc.unknown {
+			wait("the kubelet's pod-resources API did not answer, so every device counts as allocated")
+			out = append(out, st)
+			continue
+		}
 		if why := busyWith(dev, used[g.UUID]); why != "" {
 			wait(why)
 			out = append(out, st)
@@ -265,8 +270,8 @@ func (d *Daemon) applyMigLayouts(ctx context.Context, inv *gpu.Inventory, cfg *c
 	return out, changed, errors.Join(errs...)
 }
 
-// migPending reports whether a GPU waits for its layout (the defer poll's
-// work). The caller holds d.mu.
+// migPendingLocked reports whether a GPU waits for its layout (the defer
+// poll's work). The caller holds d.mu.
 func (d *Daemon) migPendingLocked() bool {
 	if d.state == nil {
 		return false
