@@ -157,6 +157,7 @@ func TestMigLayoutChangeAppliesLive(t *testing.T) {
 	// And back to day: seven new slices.
 	replaceFile(t, n.configPath, dayConfig)
 	n.waitDay()
+	n.waitGeneration(3) // the state is recorded once streamed
 	require.Len(t, n.migUUIDs(1), 7)
 	require.NotContains(t, n.migUUIDs(1), night[0])
 }
