@@ -2,14 +2,19 @@ package daemon
 
 import (
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
+	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/gpublocks/gpublocks/cdi"
@@ -162,13 +167,22 @@ func TestMigLayoutChangeAppliesLive(t *testing.T) {
 	require.NotContains(t, n.migUUIDs(1), night[0])
 }
 
+// runLogged runs n with a logger whose output the test can read.
+func (n *node) runLogged() interface{ String() string } {
+	logger := ktesting.NewLogger(n.t, ktesting.NewConfig(ktesting.BufferLogs(true)))
+	n.ctx = klog.NewContext(n.ctx, logger)
+	n.run()
+	return logger.GetSink().(ktesting.Underlier).GetBuffer()
+}
+
 func TestMigLayoutWaitsForAllocatedDevice(t *testing.T) {
 	pr, sock := startPodResources(t)
-	n := startNode(t, "dgxa100-mig", dayConfig, func(o *Options) {
+	n := newNode(t, "dgxa100-mig", dayConfig, func(o *Options) {
 		o.PodResourcesSocket = sock
 		o.DeferPollInterval = 20 * time.Millisecond
 		o.MetricsAddr = "127.0.0.1:0"
 	})
+	logs := n.runLogged()
 	n.waitDay()
 	day := n.migUUIDs(1)
 	uuid := n.d.State().Inventory.GPUs[1].UUID
@@ -186,6 +200,7 @@ func TestMigLayoutWaitsForAllocatedDevice(t *testing.T) {
 	n.waitDay()
 	require.Equal(t, day, n.migUUIDs(1))
 	require.Len(t, n.instances(1), 7)
+	require.Equal(t, 1, strings.Count(logs.String(), "MIG layout change waits"), "the wait is logged once, not per poll")
 
 	// The pod ends: the next poll applies the night layout.
 	pr.set("nvidia.com/mig-1g.10gb")
@@ -218,16 +233,13 @@ func TestMigLayoutWaitsForProcess(t *testing.T) {
 
 func TestMigLayoutFailureHalfWayIsRepaired(t *testing.T) {
 	n := newNode(t, "dgxa100-mig", dayConfig)
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
-	n.ctx = klog.NewContext(n.ctx, logger)
-	n.run()
+	logs := n.runLogged()
 	n.waitDay()
 	// The driver refuses the second of the two GPU instances: the first
 	// attempt destroys the seven slices, creates one 3g.40gb and fails.
 	require.NoError(t, n.sim.FailMigOp(1, sim.OpCreateGpuInstance, 2, nvml.ERROR_UNKNOWN))
 
 	replaceFile(t, n.configPath, nightConfig)
-	logs := logger.GetSink().(ktesting.Underlier).GetBuffer()
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "MIG layout change failed") }, 10*time.Second, 10*time.Millisecond)
 	require.Contains(t, logs.String(), "ERROR_UNKNOWN")
 	// The retry (the daemon's backoff) finishes the layout.
@@ -241,6 +253,46 @@ func TestMigLayoutFailureHalfWayIsRepaired(t *testing.T) {
 		st, _ := n.migStatusOf(1)
 		return !st.Pending()
 	}, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestMigLayoutWaitsWhileTheKubeletDoesNotAnswer(t *testing.T) {
+	// A socket that accepts and hangs up: every PodResources question fails.
+	dir, err := os.MkdirTemp("", "gbpr")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "kubelet.sock")
+	lis, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	n := startNode(t, "dgxa100-mig", dayConfig, func(o *Options) {
+		o.PodResourcesSocket = sock
+		o.PodResourcesTimeout = time.Second
+		o.DeferPollInterval = 20 * time.Millisecond
+	})
+	n.waitDay()
+	replaceFile(t, n.configPath, nightConfig)
+	n.waitMigWaiting(1, "did not answer")
+	n.waitDay()
+	require.Len(t, n.instances(1), 7)
+
+	// The kubelet answers again, with nothing allocated: the change applies.
+	require.NoError(t, lis.Close())
+	_ = os.Remove(sock)
+	lis2, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	podresourcesapi.RegisterPodResourcesListerServer(srv, &fakePodResources{})
+	go func() { _ = srv.Serve(lis2) }()
+	t.Cleanup(srv.Stop)
+	n.waitNight()
 }
 
 func TestMigLayoutThatCannotBeHonouredIsRejected(t *testing.T) {
