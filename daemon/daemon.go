@@ -92,6 +92,9 @@ type State struct {
 	// and Faults why each unhealthy device is, for DRA's device taints.
 	Offers []shape.Offer
 	Faults map[string]string
+	// MigLayouts is how each GPU whose config rule gives a MIG layout
+	// stands against it (device-plugin mode; miglayout.go).
+	MigLayouts []MigLayoutStatus
 }
 
 // Compute discovers the GPUs through b, plans them under cfg with the given
@@ -102,7 +105,14 @@ func Compute(ctx context.Context, b gpu.Backend, o Options, cfg *config.Config, 
 	if err != nil {
 		return nil, err
 	}
-	return plan(ctx, inv, o, cfg, driver, faults{unhealthy: unhealthy}, kept{})
+	st, err := plan(ctx, inv, o, cfg, driver, faults{unhealthy: unhealthy}, kept{})
+	if err != nil {
+		return nil, err
+	}
+	if !o.dra() {
+		st.MigLayouts = migStatus(b.NVML(), inv, cfg)
+	}
+	return st, nil
 }
 
 // faults are the faulted devices a plan is made with: GPU UUIDs (every
@@ -203,6 +213,7 @@ type Daemon struct {
 	deferred        map[string]string      // GPU UUID → shape kept while allocated
 	keptOffers      map[string]shape.Offer // DRA: GPU UUID → offer kept while prepared
 	warnedPR        bool                   // warned once that pod-resources is absent
+	migs            migLayouts             // MIG layouts applied (miglayout.go); Run's loop only
 
 	obs observers // health monitor and metrics (health.go, metrics.go)
 
@@ -233,6 +244,9 @@ func New(ctx context.Context, o Options, backend gpu.Backend) (*Daemon, error) {
 	cfg, src, err := config.Load(o.ConfigPath, "")
 	if err != nil {
 		return nil, err
+	}
+	if err := CheckMigLayouts(ctx, backend, nil, cfg, o.KubeletAPI); err != nil {
+		return nil, fmt.Errorf("config %q: %w", configName(src), err)
 	}
 	driver, err := FindDriverFiles(ctx, o)
 	if err != nil {
@@ -455,7 +469,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err != nil {
 			// Keep serving the last good state: a transient NVML or
 			// disk failure must not take devices away.
-			logger.Error(err, "Update failed; still serving the previous devices", "retryIn", backoff)
+			if errors.Is(err, errMigApply) {
+				// Logged where it failed; what the GPU holds now serves.
+				logger.Info("MIG layout change to be retried", "retryIn", backoff)
+			} else {
+				logger.Error(err, "Update failed; still serving the previous devices", "retryIn", backoff)
+			}
 			retry.Stop()
 			retry.Reset(backoff)
 			backoff = min(2*backoff, retryMax)
@@ -540,7 +559,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) pending() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.deferred) > 0 || d.candidate != nil
+	return len(d.deferred) > 0 || d.candidate != nil || d.migPendingLocked()
 }
 
 // reconcile recomputes the state (discovering again when rescan is set,
@@ -618,6 +637,14 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 			return err
 		}
 	}
+	var migErr error
+	if alloc != nil {
+		if st, keep, migErr = d.reconcileMig(ctx, st, keep, prev, alloc, h); st == nil {
+			return migErr
+		}
+	} else if prev != nil {
+		st.MigLayouts = prev.MigLayouts
+	}
 	if prev == nil || !samePlan(prev.Plan, st.Plan) {
 		for _, w := range st.Plan.Warnings {
 			logger.Info("Plan warning", "warning", w, "config", st.Source.Name)
@@ -670,7 +697,7 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 		logKeptOffers(logger, keptOffers, keep.offers, st)
 	}
 	d.observe(ctx, st)
-	return nil
+	return migErr
 }
 
 // planConfig plans inv under cfg, keeping the shape of every GPU that alloc

@@ -44,6 +44,9 @@ func (d *Daemon) metricsSnapshot() metrics.Snapshot {
 		return snap
 	}
 	snap.Resources = d.pub.served(st)
+	for _, l := range st.MigLayouts {
+		snap.MigLayouts = append(snap.MigLayouts, metrics.MigLayout{Index: l.GPU, UUID: l.UUID, Pending: l.Pending()})
+	}
 	for _, a := range st.Plan.GPUs {
 		snap.GPUs = append(snap.GPUs, metrics.GPU{
 			Index:   a.GPU.Index,

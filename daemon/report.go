@@ -52,6 +52,18 @@ func (s *State) WriteReport(w io.Writer, backend string) error {
 		return err
 	}
 
+	if len(s.MigLayouts) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "GPU\tMIG LAYOUT\tSTATUS")
+		for i := range s.MigLayouts {
+			l := &s.MigLayouts[i]
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", l.GPU, l.Layout, l.report())
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tDEVICES\tHEALTHY\tDEVICE IDS")

@@ -330,6 +330,12 @@ func (d *Daemon) reloadConfig(ctx context.Context, why string) {
 	if err == nil && d.opts.ConfigPath == "" && label != "" {
 		err = errors.New("the node has a " + config.NodeLabel + " label but no --config was given")
 	}
+	if err == nil {
+		// A `mig:` rule this node cannot honour rejects the config whole.
+		if merr := d.checkMigLayouts(ctx, cfg); merr != nil {
+			err = fmt.Errorf("config %q: %w", configName(src), merr)
+		}
+	}
 	d.mu.Lock()
 	if err != nil {
 		d.status.Errors++

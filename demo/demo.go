@@ -25,6 +25,7 @@ import (
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/daemon"
 	"github.com/gpublocks/gpublocks/gpu"
+	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/plugin/fakekubelet"
 )
 
@@ -81,9 +82,16 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
 		return err
 	}
+	// With its own config on the default preset, the demo also gives GPU
+	// 1 a MIG layout, to switch it from day to night at the end.
+	dayNight := o.ConfigPath == "" && o.Simulate == DefaultPreset
 	if o.ConfigPath == "" {
 		o.ConfigPath = filepath.Join(dir, "config.yaml")
-		if err := os.WriteFile(o.ConfigPath, []byte(demoConfig), 0o644); err != nil {
+		cfg := demoConfig
+		if dayNight {
+			cfg = configWithLayout(dayLayout)
+		}
+		if err := os.WriteFile(o.ConfigPath, []byte(cfg), 0o644); err != nil {
 			return err
 		}
 	}
@@ -93,7 +101,18 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	}
 	defer kubelet.Stop()
 
-	opts := daemon.Options{ConfigPath: o.ConfigPath, PluginDir: pluginDir, CDIDir: cdiDir, Simulate: o.Simulate, DriverRoot: "/", DevRoot: "/"}
+	// The stand-in's PodResources API tells the daemon what the demo's
+	// containers hold, so a MIG layout change waits for them.
+	pr := &podResources{pods: map[string]map[string][]string{}}
+	prSocket := filepath.Join(dir, "pod-resources.sock")
+	stopPR, err := servePodResources(prSocket, pr)
+	if err != nil {
+		return err
+	}
+	defer stopPR()
+
+	opts := daemon.Options{ConfigPath: o.ConfigPath, PluginDir: pluginDir, CDIDir: cdiDir, Simulate: o.Simulate, DriverRoot: "/", DevRoot: "/",
+		PodResourcesSocket: prSocket, DeferPollInterval: 100 * time.Millisecond}
 	backend, err := daemon.OpenBackend(ctx, opts)
 	if err != nil {
 		return err
@@ -145,6 +164,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 	fmt.Fprintf(w, "\nCDI spec: %s (%d devices)\n", filepath.Join(cdiDir, "gpublocks.io-gpu.yaml"), len(cache.ListDevices()))
 
 	domain := st.Config.ResourceDomain
+	var holders []holder
 	for _, ex := range examples {
 		name := domain + "/" + ex.resource
 		if ex.resource == "gpu-blocks" {
@@ -161,12 +181,21 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 			fmt.Fprintf(w, "   refused: %s\n", grpcMessage(err))
 			continue
 		}
+		pr.add(ex.pod, name, ids)
+		holders = append(holders, holder{pod: ex.pod, plugin: p, ids: ids})
 		if err := describe(w, cache, st.Inventory, ids, resp); err != nil {
 			return err
 		}
 	}
 	if err := showFault(waitCtx, w, d, backend, kubelet); err != nil {
 		return fmt.Errorf("fault demo: %w", err)
+	}
+	if sb, ok := backend.(*sim.Backend); ok && dayNight {
+		migCtx, migCancel := context.WithTimeout(ctx, 15*time.Second)
+		defer migCancel()
+		if err := showDayNight(migCtx, w, d, sb, kubelet, o.ConfigPath, pr, holders); err != nil {
+			return fmt.Errorf("day/night demo: %w", err)
+		}
 	}
 	fmt.Fprintf(w, "\nDone: every container above received exactly the device nodes of what it was allocated (checked).\n")
 	return nil

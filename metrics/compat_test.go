@@ -71,6 +71,8 @@ var refDescs = map[string]*prometheus.Desc{
 	"gen":     prometheus.NewDesc("gpublocks_config_generation", "Generation of the config in force; bumped on every applied change.", []string{"config"}, nil),
 	"errors":  prometheus.NewDesc("gpublocks_config_errors_total", "Configs rejected since start; the last good config keeps serving.", nil, nil),
 	"valid":   prometheus.NewDesc("gpublocks_config_valid", "1 when the last config load succeeded, 0 when it was rejected.", nil, nil),
+	"migPending": prometheus.NewDesc("gpublocks_mig_layout_pending", "1 while a GPU waits for the MIG layout its config rule asks for (devices allocated, processes running, or a failed attempt), 0 once it holds it.",
+		[]string{"gpu", "uuid"}, nil),
 }
 
 func (refState) Describe(ch chan<- *prometheus.Desc) {
@@ -89,6 +91,9 @@ func (c refState) Collect(ch chan<- prometheus.Metric) {
 		idx := strconv.Itoa(g.Index)
 		ch <- prometheus.MustNewConstMetric(refDescs["shape"], prometheus.GaugeValue, 1, idx, g.UUID, g.Model, g.Shape)
 		ch <- prometheus.MustNewConstMetric(refDescs["health"], prometheus.GaugeValue, boolValue(g.Healthy), idx, g.UUID)
+	}
+	for _, l := range s.MigLayouts {
+		ch <- prometheus.MustNewConstMetric(refDescs["migPending"], prometheus.GaugeValue, boolValue(l.Pending), strconv.Itoa(l.Index), l.UUID)
 	}
 	ch <- prometheus.MustNewConstMetric(refDescs["gen"], prometheus.GaugeValue, float64(s.Config.Generation), s.Config.Name)
 	ch <- prometheus.MustNewConstMetric(refDescs["errors"], prometheus.CounterValue, float64(s.Config.Errors))
@@ -147,6 +152,7 @@ func TestTextMatchesClientGolang(t *testing.T) {
 			src: func() Snapshot {
 				s := snapshot()
 				s.GPUs = append(s.GPUs, GPU{Index: 10, UUID: `GPU-"q"\x`, Model: "line\nbreak", Shape: "mig"})
+				s.MigLayouts = []MigLayout{{Index: 10, UUID: `GPU-"q"\x`, Pending: true}, {Index: 2, UUID: "GPU-c"}}
 				return s
 			},
 			events: func(m *Metrics, r *reference) {

@@ -79,11 +79,19 @@ type Config struct {
 	Valid      bool  // the last load succeeded
 }
 
+// MigLayout is one GPU whose config rule gives a MIG layout (DESIGN §10).
+type MigLayout struct {
+	Index   int
+	UUID    string
+	Pending bool // the GPU does not hold the layout yet (it waits, or failed)
+}
+
 // Snapshot is what the daemon serves at scrape time.
 type Snapshot struct {
-	Resources []Resource
-	GPUs      []GPU
-	Config    Config
+	Resources  []Resource
+	GPUs       []GPU
+	Config     Config
+	MigLayouts []MigLayout
 }
 
 // Source returns the current snapshot; it is called once per scrape.

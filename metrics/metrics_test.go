@@ -25,7 +25,8 @@ func snapshot() Snapshot {
 			{Index: 0, UUID: "GPU-a", Model: "NVIDIA A100-SXM4-40GB", Shape: "whole"},
 			{Index: 1, UUID: "GPU-b", Model: "NVIDIA A100-SXM4-40GB", Shape: "blocks", Healthy: true},
 		},
-		Config: Config{Name: "default", Generation: 3, Errors: 2, Valid: true},
+		Config:     Config{Name: "default", Generation: 3, Errors: 2, Valid: true},
+		MigLayouts: []MigLayout{{Index: 1, UUID: "GPU-b", Pending: true}},
 	}
 }
 
@@ -62,6 +63,7 @@ func TestScrape(t *testing.T) {
 		`gpublocks_config_generation{config="default"} 3`,
 		`gpublocks_config_errors_total 2`,
 		`gpublocks_config_valid 1`,
+		`gpublocks_mig_layout_pending{gpu="1",uuid="GPU-b"} 1`,
 		`gpublocks_xid_events_total{gpu="0",ignored="false",uuid="GPU-a",xid="48"} 1`,
 		`gpublocks_xid_events_total{gpu="0",ignored="true",uuid="GPU-a",xid="13"} 2`,
 		`gpublocks_ecc_double_bit_events_total{gpu="1",uuid="GPU-b"} 1`,

@@ -57,8 +57,13 @@ func (m *Metrics) stateFamilies() []family {
 		shape.series = append(shape.series, series{labels: []label{{"gpu", idx}, {"uuid", g.UUID}, {"model", g.Model}, {"shape", g.Shape}}, value: 1})
 		health.series = append(health.series, series{labels: []label{{"gpu", idx}, {"uuid", g.UUID}}, value: boolValue(g.Healthy)})
 	}
+	migPending := family{name: name("mig_layout_pending"), typ: gauge,
+		help: "1 while a GPU waits for the MIG layout its config rule asks for (devices allocated, processes running, or a failed attempt), 0 once it holds it."}
+	for _, l := range s.MigLayouts {
+		migPending.series = append(migPending.series, series{labels: []label{{"gpu", strconv.Itoa(l.Index)}, {"uuid", l.UUID}}, value: boolValue(l.Pending)})
+	}
 	return []family{
-		devices, shape, health,
+		devices, shape, health, migPending,
 		{name: name("config_generation"), typ: gauge,
 			help:   "Generation of the config in force; bumped on every applied change.",
 			series: []series{{labels: []label{{"config", s.Config.Name}}, value: float64(s.Config.Generation)}}},

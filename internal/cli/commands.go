@@ -17,6 +17,7 @@ import (
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/daemon"
 	"github.com/gpublocks/gpublocks/demo"
+	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/internal/atomicfile"
 )
 
@@ -186,17 +187,32 @@ func newDemoCommand() *cobra.Command {
 
 func newConfigCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Config tools"}
-	cmd.AddCommand(&cobra.Command{
+	var o daemon.Options
+	validate := &cobra.Command{
 		Use:   "validate FILE|DIR",
 		Short: "Check a config file or a directory of named configs (exit 1 when invalid)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Check a config file or a directory of named configs (exit 1 when invalid).
+Given where to find GPUs (--simulate, --driver-root or --dev-root), it also
+checks each config's MIG layouts against this node's GPUs, as serve does
+when it loads a config: MIG mode on, profiles the model offers, a layout
+that fits.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := os.Stat(args[0])
 			if err != nil {
 				return err
 			}
+			node, err := nodeChecker(cmd, o)
+			if err != nil {
+				return err
+			}
+			defer node.close()
 			if !st.IsDir() {
-				if _, err := config.LoadFile(args[0]); err != nil {
+				cfg, err := config.LoadFile(args[0])
+				if err == nil {
+					err = node.check(cmd, cfg)
+				}
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", args[0])
@@ -206,15 +222,71 @@ func newConfigCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			errs := []error{set.Err()}
 			for _, n := range set.Names() {
-				if set.Errors[n] == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", set.Files[n])
+				if set.Errors[n] != nil {
+					continue
 				}
+				if err := node.check(cmd, set.Configs[n]); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", set.Files[n], err))
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid\n", set.Files[n])
 			}
-			return set.Err()
+			return errors.Join(errs...)
 		},
-	})
+	}
+	fs := validate.Flags()
+	fs.StringVar(&o.Simulate, "simulate", "", "check MIG layouts against simulated GPUs: a preset (dgxa100, dgxh100, dgxa100-mig) or a YAML file")
+	fs.StringVar(&o.DriverRoot, "driver-root", "/", "check MIG layouts against this node's GPUs, with the NVIDIA driver under this root")
+	fs.StringVar(&o.DevRoot, "dev-root", "/", "root holding dev/nvidia* and proc/driver/nvidia* (the host's /), with --driver-root")
+	addKubeletAPIFlag(fs, &o)
+	cmd.AddCommand(validate)
 	return cmd
+}
+
+// migChecker checks configs' MIG layouts against a node's GPUs; without a
+// backend it checks nothing.
+type migChecker struct {
+	backend gpu.Backend
+	inv     *gpu.Inventory
+	api     string
+}
+
+// nodeChecker opens the GPUs that config validate's discovery flags name,
+// if any was given.
+func nodeChecker(cmd *cobra.Command, o daemon.Options) (*migChecker, error) {
+	fs := cmd.Flags()
+	if !fs.Changed("simulate") && !fs.Changed("driver-root") && !fs.Changed("dev-root") {
+		return &migChecker{}, nil
+	}
+	if o.KubeletAPI != daemon.KubeletAPIDevicePlugin && o.KubeletAPI != daemon.KubeletAPIDRA {
+		return nil, fmt.Errorf("--kubelet-api %q is not one of %s, %s", o.KubeletAPI, daemon.KubeletAPIDevicePlugin, daemon.KubeletAPIDRA)
+	}
+	ctx := logContext(cmd)
+	b, err := daemon.OpenBackend(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	inv, err := gpu.Discover(ctx, b)
+	if err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("discovering GPUs with %s: %w", b.Name(), err)
+	}
+	return &migChecker{backend: b, inv: inv, api: o.KubeletAPI}, nil
+}
+
+func (c *migChecker) check(cmd *cobra.Command, cfg *config.Config) error {
+	if c.backend == nil {
+		return nil
+	}
+	return daemon.CheckMigLayouts(logContext(cmd), c.backend, c.inv, cfg, c.api)
+}
+
+func (c *migChecker) close() {
+	if c.backend != nil {
+		_ = c.backend.Close()
+	}
 }
 
 func newVersionCommand() *cobra.Command {

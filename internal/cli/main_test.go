@@ -100,6 +100,10 @@ func TestDemo(t *testing.T) {
 		"/dev/nvidia-caps/nvidia-cap",
 		"GPUBLOCKS_BLOCKS=30",
 		"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+		// Day to night on GPU 1, live, after the process in it ends.
+		"== Day -> night",
+		"GPU 1 waits: compute processes running",
+		"nvidia.com/mig-1g.10gb capacity 2, nvidia.com/mig-3g.40gb capacity 3, no restart",
 	} {
 		require.Contains(t, out, want)
 	}
@@ -133,4 +137,56 @@ func TestServeRefusesNonLoopbackSimulateAddr(t *testing.T) {
 	_, err = run(t, base...)
 	require.ErrorContains(t, err, "--simulate-addr")
 	require.ErrorContains(t, err, `":9401" listens on every interface`)
+}
+
+func TestConfigValidateChecksMigLayoutsAgainstTheNode(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o644))
+		return p
+	}
+	night := write("night", "gpus: [{match: {index: [1]}, shape: mig, mig: [3g.40gb, 3g.40gb]}]\n")
+	tooMuch := write("too-much", "gpus: [{match: {index: [1]}, shape: mig, mig: [4g.40gb, 4g.40gb]}]\n")
+	migOff := write("mig-off", "gpus: [{match: {index: [5]}, shape: mig, mig: [7g.80gb]}]\n")
+
+	// Without discovery flags only the file is checked.
+	out, err := run(t, "config", "validate", tooMuch)
+	require.NoError(t, err)
+	require.Contains(t, out, "too-much: valid")
+
+	sim := []string{"--simulate", "dgxa100-mig", "--driver-root", t.TempDir()}
+	out, err = run(t, append([]string{"config", "validate", night}, sim...)...)
+	require.NoError(t, err)
+	require.Contains(t, out, "night: valid")
+
+	_, err = run(t, append([]string{"config", "validate", tooMuch}, sim...)...)
+	require.ErrorContains(t, err, "gpus[0] (shape: mig) on GPU 1")
+	require.ErrorContains(t, err, "4g.40gb")
+
+	_, err = run(t, append([]string{"config", "validate", migOff}, sim...)...)
+	require.ErrorContains(t, err, "GPU 5")
+	require.ErrorContains(t, err, "MIG mode is disabled")
+
+	// A directory: each config is checked, the good ones say so.
+	out, err = run(t, append([]string{"config", "validate", dir}, sim...)...)
+	require.Error(t, err)
+	require.Contains(t, out, "night: valid")
+	require.NotContains(t, out, "too-much: valid")
+	require.ErrorContains(t, err, "too-much")
+	require.ErrorContains(t, err, "mig-off")
+
+	// In DRA mode mig: lists allowed profiles, which need not fit together.
+	out, err = run(t, append([]string{"config", "validate", tooMuch, "--kubelet-api", "dra"}, sim...)...)
+	require.NoError(t, err)
+	require.Contains(t, out, "too-much: valid")
+}
+
+func TestInspectShowsPendingMigLayout(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "night.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("gpus: [{match: {index: [1]}, shape: mig, mig: [3g.40gb, 3g.40gb]}]\n"), 0o644))
+	out, err := run(t, "inspect", "--simulate", "dgxa100-mig", "--driver-root", t.TempDir(), "--config", cfg)
+	require.NoError(t, err)
+	require.Contains(t, out, "MIG LAYOUT")
+	require.Contains(t, out, "[3g.40gb 3g.40gb]  pending: destroy 1g.10gb")
 }

@@ -146,6 +146,8 @@ type pluginOptions struct {
 	// simulateAddr is --simulate-addr, the loopback fault-injection
 	// address; "" disables it, for the same reason.
 	simulateAddr string
+	// extraArgs are more serve flags (e.g. --pod-resources-socket).
+	extraArgs []string
 }
 
 // newPluginOptions returns options with fresh temporary directories for
@@ -194,6 +196,7 @@ func startPlugin(t *testing.T, o pluginOptions) *pluginProcess {
 	if o.config != "" {
 		args = append(args, "--config", o.config)
 	}
+	args = append(args, o.extraArgs...)
 	p := &pluginProcess{
 		cmd:  exec.Command(gpublocksBin, args...),
 		out:  &syncBuffer{},
