@@ -15,6 +15,9 @@ import (
 	"k8s.io/kubernetes/pkg/apis/apps"
 	_ "k8s.io/kubernetes/pkg/apis/apps/install"
 	appsvalidation "k8s.io/kubernetes/pkg/apis/apps/validation"
+	"k8s.io/kubernetes/pkg/apis/batch"
+	_ "k8s.io/kubernetes/pkg/apis/batch/install"
+	batchvalidation "k8s.io/kubernetes/pkg/apis/batch/validation"
 	"k8s.io/kubernetes/pkg/apis/core"
 	_ "k8s.io/kubernetes/pkg/apis/core/install"
 	corevalidation "k8s.io/kubernetes/pkg/apis/core/validation"
@@ -84,6 +87,9 @@ func apiValidate(t *testing.T, o object) (errs field.ErrorList, ok bool) {
 		return corevalidation.ValidatePodCreate(v, podutil.GetValidationOptionsFromPodSpecAndMeta(&v.Spec, nil, &v.ObjectMeta, nil)), true
 	case *apps.DaemonSet:
 		return appsvalidation.ValidateDaemonSet(v, podutil.GetValidationOptionsFromPodTemplate(&v.Spec.Template, nil)), true
+	case *batch.CronJob:
+		withNamespace(v, &v.ObjectMeta)
+		return batchvalidation.ValidateCronJobCreate(v, podutil.GetValidationOptionsFromPodTemplate(&v.Spec.JobTemplate.Spec.Template, nil)), true
 	case *rbac.ClusterRole:
 		return rbacvalidation.ValidateClusterRole(v, rbacvalidation.ClusterRoleValidationOptions{}), true
 	case *rbac.ClusterRoleBinding:

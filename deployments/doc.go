@@ -5,7 +5,7 @@
 // k8s.io/kubernetes (whose API validation the tests run over every shipped
 // object). The tests import the product for config.Parse and config.LoadDir,
 // and, for DRA, the ResourceSlices dra.BuildPool publishes for simulated GPUs
-// (gpu/sim); they read cmd/gpublocks/flags.go as source.
+// (gpu/sim); they read internal/cli/flags.go as source.
 //
 //	cd deployments && go test -count=1 ./...
 package deployments

@@ -19,7 +19,7 @@ import (
 // flagsFile is where the product declares serve's flags. The manifests are
 // checked against it, so renaming a flag there without updating the
 // DaemonSet fails here rather than in a cluster.
-var flagsFile = filepath.Join("..", "cmd", "gpublocks", "flags.go")
+var flagsFile = filepath.Join("..", "internal", "cli", "flags.go")
 
 // serveFlags returns the long flag names `gpublocks serve` accepts: the
 // flags registered by addServeFlags in flags.go (following its calls to
