@@ -70,6 +70,9 @@ func BuildPool(in PoolInput) Pool {
 		attrs := gpuAttributes(g, driver)
 		taint := func(uuids ...string) []resourceapi.DeviceTaint {
 			for _, u := range uuids {
+				if u == "" {
+					continue // a placement without an instance
+				}
 				if reason, bad := in.Unhealthy[u]; bad {
 					return []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: taintValue(reason), Effect: effect}}
 				}
@@ -218,11 +221,15 @@ func withType(a attributes, typ string) attributes {
 }
 
 // migAttributes are a MIG device's: its own, and its parent's described as
-// the parent's (uuid is the MIG device's own).
+// the parent's. uuid is the MIG device's own, and only once its instance
+// exists: a placement offered for DRA to create (shape.Offer.MIG) has none.
 func migAttributes(parent attributes, md gpu.MigDevice) attributes {
 	a := withType(parent, TypeMIG)
 	delete(a, "index")
-	a["uuid"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.UUID)}
+	delete(a, "uuid")
+	if md.UUID != "" {
+		a["uuid"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.UUID)}
+	}
 	a["profile"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.Profile)}
 	a["parentUUID"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.ParentUUID)}
 	a["parentIndex"] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(md.ParentIndex))}

@@ -60,6 +60,27 @@ type preparedDevice struct {
 	// AdminAccess devices are prepared for monitoring alongside their
 	// users: they take nothing and conflict with nothing.
 	AdminAccess bool `json:"adminAccess,omitempty"`
+	// Profile and Placement are a MIG device's, as published (Placement
+	// nil when NVML did not report it): they keep overlapping placements
+	// apart, and name what to create.
+	Profile   string     `json:"profile,omitempty"`
+	Placement *placement `json:"placement,omitempty"`
+	// Created says this driver created the MIG instance for the claim, so
+	// unprepare destroys it. An instance that existed before the claim is
+	// never destroyed. The claim is checkpointed with it before prepare
+	// reports success, so a restarted driver still destroys it.
+	Created bool `json:"created,omitempty"`
+}
+
+// placement is a MIG device's place in its GPU's memory slices.
+type placement struct {
+	Start int `json:"start"`
+	Size  int `json:"size"`
+}
+
+// overlaps tells whether two placements share a memory slice.
+func (p placement) overlaps(o placement) bool {
+	return p.Start < o.Start+o.Size && o.Start < p.Start+p.Size
 }
 
 // loadCheckpoint reads the prepared claims. A missing file holds none; an

@@ -36,20 +36,53 @@ const reallocate = "delete the pod (and its claim, if it is not generated from a
 // does not publish, an unhealthy one, or a device or GPU share already
 // prepared for another claim gets an error naming the device; the other
 // claims of the call are prepared all the same.
+//
+// A MIG device published as a placement without an instance gets one
+// (Options.MIG): created, or an idle one at that placement reused, before
+// the claim's spec is written; the claim is then checkpointed with the MIG
+// UUID and whether this driver created it, and the base spec is refreshed
+// so that it holds the new MIG device, before prepare returns.
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out, refresh := d.prepare(ctx, claims)
+	if len(refresh) == 0 {
+		return out, nil
+	}
+	// Without the lock: refreshing republishes through Publish.
+	if err := d.opts.MIG.Refresh(ctx); err != nil {
+		for uid, ref := range refresh {
+			// Prepared and checkpointed all the same: the kubelet's
+			// retry finds the claim and refreshes again.
+			out[uid] = kubeletplugin.PrepareResult{Err: fmt.Errorf("%w: claim %s: its MIG devices exist, but the CDI spec could not be rewritten to hold them: %w",
+				ErrMIG, ref, err)}
+		}
+		klog.FromContext(ctx).Error(err, "Cannot refresh the CDI spec after creating MIG instances")
+	}
+	return out, nil
+}
+
+// prepare is PrepareResourceClaims under the lock. It returns the claims
+// whose MIG devices the base spec may not hold yet.
+func (d *Driver) prepare(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, map[types.UID]klog.ObjectRef) {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	refresh := map[types.UID]klog.ObjectRef{}
 	u := d.usage()
 	var added []types.UID
 	for _, claim := range claims {
 		if pc, ok := d.claims[claim.UID]; ok {
 			out[claim.UID] = d.reprepare(ctx, claim, pc)
+			if out[claim.UID].Err == nil && d.unpublishedMIG(pc) {
+				refresh[claim.UID] = klog.KObj(claim)
+			}
 			continue
 		}
 		pc, next, err := d.resolve(claim, u)
+		if err == nil && len(pc.Devices) > 0 {
+			err = d.createMIG(ctx, pc)
+		}
 		if err != nil {
 			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
 			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
@@ -60,6 +93,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			continue
 		}
 		if _, err := d.claimSpecs.Write(ctx, string(claim.UID), claimDevices(pc.Devices)); err != nil {
+			d.rollbackMIG(ctx, pc)
 			err = fmt.Errorf("claim %s: %w", klog.KObj(claim), err)
 			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
 			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
@@ -70,12 +104,14 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		added = append(added, claim.UID)
 	}
 	if len(added) == 0 {
-		return out, nil
+		return out, refresh
 	}
 	// One checkpoint for the call, before any of its claims is reported
-	// prepared: a claim the kubelet was told about is never forgotten.
+	// prepared: a claim the kubelet was told about is never forgotten, nor
+	// a MIG instance created for it.
 	if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
 		for _, uid := range added {
+			d.rollbackMIG(ctx, d.claims[uid])
 			delete(d.claims, uid)
 			if _, rmErr := d.claimSpecs.Remove(string(uid)); rmErr != nil {
 				logger.Error(rmErr, "Cannot remove the CDI spec of a claim that failed to prepare", "claimUID", uid)
@@ -83,14 +119,32 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			out[uid] = kubeletplugin.PrepareResult{Err: err}
 		}
 		logger.Error(err, "Cannot record prepared claims", "claims", added)
-		return out, nil
+		return out, refresh
 	}
 	for _, uid := range added {
 		pc := d.claims[uid]
 		out[uid] = d.result(uid, pc)
+		if d.unpublishedMIG(pc) {
+			refresh[uid] = klog.KRef(pc.Namespace, pc.Name)
+		}
 		logger.Info("Prepared claim", "claim", klog.KRef(pc.Namespace, pc.Name), "claimUID", uid, "devices", deviceNames(pc.Devices))
 	}
-	return out, nil
+	return out, refresh
+}
+
+// unpublishedMIG tells whether pc has a MIG device that the published pool
+// does not show with its UUID: an instance created since the GPUs were last
+// discovered, which the base spec may not hold yet. The caller holds mu.
+func (d *Driver) unpublishedMIG(pc *preparedClaim) bool {
+	if d.opts.MIG == nil {
+		return false
+	}
+	for _, dev := range pc.Devices {
+		if dev.Type == dra.TypeMIG && d.devices[dev.Device].uuid != dev.UUID {
+			return true
+		}
+	}
+	return false
 }
 
 // reprepare answers a claim prepared before (the kubelet repeats prepare
@@ -187,8 +241,8 @@ func (d *Driver) device(r resourceapi.DeviceRequestAllocationResult) (preparedDe
 		return preparedDevice{}, fmt.Errorf("%w: device %s (%s) is unhealthy (%s); %s",
 			ErrUnhealthy, r.Device, p.gpuUUID, p.unhealthy, reallocate)
 	}
-	if p.uuid == "" {
-		return preparedDevice{}, fmt.Errorf("%w: device %s has no MIG instance to hand out; %s", ErrUnknownDevice, r.Device, reallocate)
+	if p.uuid == "" && d.opts.MIG == nil {
+		return preparedDevice{}, fmt.Errorf("%w: device %s has no MIG instance to hand out, and this driver creates none; %s", ErrUnknownDevice, r.Device, reallocate)
 	}
 	dev := preparedDevice{
 		Request: r.Request, Pool: r.Pool, Device: r.Device, Type: p.typ,
@@ -196,7 +250,13 @@ func (d *Driver) device(r resourceapi.DeviceRequestAllocationResult) (preparedDe
 		ShareID:     shareID(r),
 		AdminAccess: r.AdminAccess != nil && *r.AdminAccess,
 	}
-	if p.typ != dra.TypeMIG {
+	if p.typ == dra.TypeMIG {
+		dev.Profile = p.profile
+		if p.place != nil {
+			at := *p.place
+			dev.Placement = &at
+		}
+	} else {
 		dev.MemoryMiB = p.memoryMiB
 	}
 	if p.typ == dra.TypeBlocks {
@@ -232,15 +292,35 @@ func consumedBlocks(r resourceapi.DeviceRequestAllocationResult) (int, error) {
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin: it removes
-// each claim's CDI spec, then its checkpoint entry. A claim that is not
-// prepared (never, or already unprepared) succeeds.
+// each claim's CDI spec, then destroys the MIG instances this driver
+// created for it (a busy one fails the claim's unprepare, which the kubelet
+// retries), then removes its checkpoint entry. A claim that is not prepared
+// (never, or already unprepared) succeeds. When instances were destroyed,
+// the GPUs are discovered again (Options.MIG's Refresh) so that their
+// placements are offered again.
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out, destroyed := d.unprepare(ctx, claims)
+	if destroyed {
+		// Without the lock: refreshing republishes through Publish. The
+		// claims are unprepared whatever happens here; a stale MIG device
+		// in the base spec names an instance that no longer exists.
+		if err := d.opts.MIG.Refresh(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Cannot refresh the published devices after destroying MIG instances; the next rescan does")
+		}
+	}
+	return out, nil
+}
+
+// unprepare is UnprepareResourceClaims under the lock; it reports whether
+// MIG instances were destroyed.
+func (d *Driver) unprepare(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, bool) {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
 	out := make(map[types.UID]error, len(claims))
 	removed := map[types.UID]*preparedClaim{}
+	destroyed := false
 	for _, c := range claims {
 		out[c.UID] = nil
 		pc, ok := d.claims[c.UID]
@@ -253,11 +333,20 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 			logger.Error(err, "Cannot unprepare claim", "claim", klog.KRef(c.Namespace, c.Name), "claimUID", c.UID)
 			continue
 		}
+		// The claim stays prepared (its devices counting) until every
+		// instance created for it is gone.
+		did, err := d.destroyMIG(ctx, pc)
+		destroyed = destroyed || did
+		if err != nil {
+			out[c.UID] = err
+			logger.Error(err, "Cannot unprepare claim", "claim", klog.KRef(c.Namespace, c.Name), "claimUID", c.UID)
+			continue
+		}
 		delete(d.claims, c.UID)
 		removed[c.UID] = pc
 	}
 	if len(removed) == 0 {
-		return out, nil
+		return out, destroyed
 	}
 	if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
 		// Still prepared as far as anyone can tell: the kubelet retries,
@@ -267,12 +356,12 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 			out[uid] = err
 		}
 		logger.Error(err, "Cannot record unprepared claims")
-		return out, nil
+		return out, destroyed
 	}
 	for uid, pc := range removed {
 		logger.Info("Unprepared claim", "claim", klog.KRef(pc.Namespace, pc.Name), "claimUID", uid, "devices", deviceNames(pc.Devices))
 	}
-	return out, nil
+	return out, destroyed
 }
 
 // result is the kubelet's answer for a prepared claim: per device the base
