@@ -115,6 +115,9 @@ type PreparedDevice struct {
 	GPUUUID string // the physical GPU (the parent of a MIG device)
 	UUID    string // the CDI device's UUID: the GPU's, or the MIG device's
 	Blocks  int    // the blocks share; 0 unless Type is dra.TypeBlocks
+	// Created says the driver created the MIG instance for the claim and
+	// destroys it on unprepare.
+	Created bool
 }
 
 // Start loads the checkpoint (recovering the prepared claims, which keep
@@ -399,7 +402,7 @@ func (d *Driver) Prepared() []PreparedDevice {
 		for _, dev := range d.claims[uid].Devices {
 			out = append(out, PreparedDevice{
 				Claim: uid, Request: dev.Request, Device: dev.Device, Type: dev.Type,
-				GPUUUID: dev.GPUUUID, UUID: dev.UUID, Blocks: dev.Blocks,
+				GPUUUID: dev.GPUUUID, UUID: dev.UUID, Blocks: dev.Blocks, Created: dev.Created,
 			})
 		}
 	}
