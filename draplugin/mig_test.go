@@ -67,7 +67,7 @@ func TestPrepareMIGReusesExisting(t *testing.T) {
 		// shows it with its uuid), or after (the pool shows a placement).
 		before bool
 	}{
-		"published with its uuid":           {before: true},
+		"published with its uuid":          {before: true},
 		"created after the pool was built": {before: false},
 	}
 	for name, tc := range tests {
