@@ -41,6 +41,14 @@ type preparedClaim struct {
 	Namespace string           `json:"namespace"`
 	Name      string           `json:"name"`
 	Devices   []preparedDevice `json:"devices"`
+	// Pending marks a claim whose MIG instances are being created: it is
+	// checkpointed so before the first Create, and its placements are
+	// held from then on. A driver killed before prepare finished finds
+	// it so at start; the kubelet's retry then finishes it, counting an
+	// idle instance at a pending device's placement as created by this
+	// driver (a MIG device without UUID has not been handed out yet).
+	// A pending claim was never reported prepared.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // preparedDevice is one allocated device of a prepared claim.
@@ -130,7 +138,8 @@ func loadCheckpoint(path string) (map[types.UID]*preparedClaim, error) {
 			default:
 				return nil, corrupt("unknown device type", fmt.Errorf("claim %s, device %s: type %q", uid, d.Device, d.Type))
 			}
-			if d.GPUUUID == "" || d.UUID == "" {
+			toCreate := c.Pending && d.Type == dra.TypeMIG && d.Profile != "" && d.Placement != nil
+			if d.GPUUUID == "" || (d.UUID == "" && !toCreate) {
 				return nil, corrupt("device without uuid", fmt.Errorf("claim %s, device %s", uid, d.Device))
 			}
 		}

@@ -32,12 +32,24 @@ type MIGManager interface {
 	Refresh(ctx context.Context) error
 }
 
+// toCreate tells whether a device of pc has no MIG instance yet.
+func toCreate(pc *preparedClaim) bool {
+	for _, dev := range pc.Devices {
+		if dev.Type == dra.TypeMIG && dev.UUID == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // createMIG creates the MIG instances of pc's devices that have none yet
 // (published placements without a uuid), filling in their UUIDs and
-// whether this driver created them. On failure it destroys what it created
+// whether this driver created them. resumed says pc is a pending claim of
+// a driver killed half-way, so an idle instance at one of its placements
+// is the one that driver created. On failure it destroys what it created
 // for pc, so a failed prepare leaves nothing behind, and returns an error
 // naming the device and the reason.
-func (d *Driver) createMIG(ctx context.Context, pc *preparedClaim) error {
+func (d *Driver) createMIG(ctx context.Context, pc *preparedClaim, resumed bool) error {
 	logger := klog.FromContext(ctx)
 	for i := range pc.Devices {
 		dev := &pc.Devices[i]
@@ -53,7 +65,7 @@ func (d *Driver) createMIG(ctx context.Context, pc *preparedClaim) error {
 			return fmt.Errorf("%w: device %s: creating the %s instance at memory slice %d of GPU %s: %w",
 				ErrMIG, dev.Device, dev.Profile, dev.Placement.Start, dev.GPUUUID, err)
 		}
-		dev.UUID, dev.Created = uuid, created
+		dev.UUID, dev.Created = uuid, created || resumed
 		logger.Info("MIG instance for claim", "claim", klog.KRef(pc.Namespace, pc.Name), "device", dev.Device, "uuid", uuid, "created", created)
 	}
 	return nil
@@ -87,6 +99,11 @@ func (d *Driver) destroyMIG(ctx context.Context, pc *preparedClaim) (bool, error
 	destroyed := false
 	for i := range pc.Devices {
 		dev := &pc.Devices[i]
+		if pc.Pending && dev.Type == dra.TypeMIG && dev.UUID == "" {
+			// Its prepare was cut short before it learnt the UUID.
+			logger.Info("A MIG instance created for a claim whose prepare a restart interrupted may remain, idle, offered to later claims",
+				"claim", klog.KRef(pc.Namespace, pc.Name), "device", dev.Device)
+		}
 		if !dev.Created {
 			continue
 		}

@@ -243,3 +243,36 @@ func TestPrepareMIGWithoutManager(t *testing.T) {
 	require.ErrorContains(t, err, "creates none")
 	require.Empty(t, e.instances())
 }
+
+// crashingMIG creates the instance, then kills the driver (a panic stands
+// for kill -9) before prepare can record what it made.
+type crashingMIG struct{ *simMIG }
+
+func (c crashingMIG) Create(ctx context.Context, gpuUUID, profile string, start int) (string, bool, error) {
+	if _, _, err := c.simMIG.Create(ctx, gpuUUID, profile, start); err != nil {
+		return "", false, err
+	}
+	panic("killed after creating the instance")
+}
+
+// A driver killed between creating an instance and recording the claim
+// neither leaks the instance nor forgets it: the kubelet's retry on the
+// restarted driver finishes the prepare, and unprepare destroys it.
+func TestMIGCrashAfterCreate(t *testing.T) {
+	e := newMIGEnv(t, "[]")
+	e.opts.MIG = crashingMIG{e.mgr}
+	d := e.driver()
+	c := claim(uid(1), "cut-short", mig("mig", "gpu-0-mig-1g-5gb-5"))
+	require.Panics(t, func() { _, _ = d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{c}) })
+	require.Len(t, e.instances(), 1)
+
+	e.opts.MIG = e.mgr
+	d2 := e.driver()
+	res := mustPrepare(t, d2, c)
+	ins := e.instances()
+	require.Len(t, ins, 1, "the retry finds the instance the killed driver made")
+	require.Equal(t, "gpublocks.io/gpu="+ins[0].UUID(), res.Devices[0].CDIDeviceIDs[0])
+	require.True(t, d2.Prepared()[0].Created)
+	require.NoError(t, unprepare(t, d2, c))
+	require.Empty(t, e.instances(), "and unprepare destroys it")
+}

@@ -71,39 +71,76 @@ func (d *Driver) prepare(ctx context.Context, claims []*resourceapi.ResourceClai
 	refresh := map[types.UID]klog.ObjectRef{}
 	u := d.usage()
 	var added []types.UID
+	dropped := false // a pending claim left the checkpoint's claims
+	fail := func(claim *resourceapi.ResourceClaim, err error) {
+		logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
+		out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
+		if pc, ok := d.claims[claim.UID]; ok && pc.Pending {
+			delete(d.claims, claim.UID)
+			dropped = true
+		}
+	}
 	for _, claim := range claims {
-		if pc, ok := d.claims[claim.UID]; ok {
+		pc, ok := d.claims[claim.UID]
+		if ok && !pc.Pending {
 			out[claim.UID] = d.reprepare(ctx, claim, pc)
 			if out[claim.UID].Err == nil && d.unpublishedMIG(pc) {
 				refresh[claim.UID] = klog.KObj(claim)
 			}
 			continue
 		}
-		pc, next, err := d.resolve(claim, u)
-		if err == nil && len(pc.Devices) > 0 {
-			err = d.createMIG(ctx, pc)
+		next := u // a pending claim's devices count already
+		resumed := ok
+		if resumed {
+			// A prepare cut short by a restart: finish it as recorded.
+			if err := d.sameAllocation(claim, pc); err != nil {
+				fail(claim, err)
+				continue
+			}
+			logger.Info("Finishing the prepare of a claim that a restart interrupted", "claim", klog.KObj(claim), "claimUID", claim.UID)
+		} else {
+			var err error
+			if pc, next, err = d.resolve(claim, u); err != nil {
+				fail(claim, err)
+				continue
+			}
+			if len(pc.Devices) == 0 {
+				out[claim.UID] = kubeletplugin.PrepareResult{} // nothing of ours to prepare
+				continue
+			}
+			if toCreate(pc) {
+				// Recorded before the first instance is created: a driver
+				// killed half-way still knows what it may have made.
+				pc.Pending = true
+				d.claims[claim.UID] = pc
+				if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
+					fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
+					continue
+				}
+			}
 		}
-		if err != nil {
-			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
-			continue
-		}
-		if len(pc.Devices) == 0 {
-			out[claim.UID] = kubeletplugin.PrepareResult{} // nothing of ours to prepare
+		if err := d.createMIG(ctx, pc, resumed); err != nil {
+			fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
 			continue
 		}
 		if _, err := d.claimSpecs.Write(ctx, string(claim.UID), claimDevices(pc.Devices)); err != nil {
 			d.rollbackMIG(ctx, pc)
-			err = fmt.Errorf("claim %s: %w", klog.KObj(claim), err)
-			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
+			fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
 			continue
 		}
+		pc.Pending = false
 		u = next
 		d.claims[claim.UID] = pc
 		added = append(added, claim.UID)
 	}
 	if len(added) == 0 {
+		if dropped {
+			if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
+				// The pending entries stay on disk: a restart finishes
+				// or unprepares them; nothing is handed out twice.
+				logger.Error(err, "Cannot record claims that failed to prepare")
+			}
+		}
 		return out, refresh
 	}
 	// One checkpoint for the call, before any of its claims is reported
@@ -151,17 +188,8 @@ func (d *Driver) unpublishedMIG(pc *preparedClaim) bool {
 // after its own restart): the same result, the spec rewritten only if it
 // is gone or changed, provided the allocation is still the one prepared.
 func (d *Driver) reprepare(ctx context.Context, claim *resourceapi.ResourceClaim, pc *preparedClaim) kubeletplugin.PrepareResult {
-	var now []string
-	for _, r := range d.ours(claim) {
-		now = append(now, resultKey(r.Request, r.Pool, r.Device, shareID(r)))
-	}
-	var then []string
-	for _, dev := range pc.Devices {
-		then = append(then, resultKey(dev.Request, dev.Pool, dev.Device, dev.ShareID))
-	}
-	if !slices.Equal(now, then) {
-		return kubeletplugin.PrepareResult{Err: fmt.Errorf("%w: claim %s was prepared with %s, its allocation now names %s: "+
-			"it must be unprepared first; %s", ErrInvalidAllocation, klog.KObj(claim), strings.Join(then, ", "), strings.Join(now, ", "), reallocate)}
+	if err := d.sameAllocation(claim, pc); err != nil {
+		return kubeletplugin.PrepareResult{Err: err}
 	}
 	changed, err := d.claimSpecs.Write(ctx, string(claim.UID), claimDevices(pc.Devices))
 	if err != nil {
@@ -171,6 +199,24 @@ func (d *Driver) reprepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		klog.FromContext(ctx).Info("Restored the CDI spec of a prepared claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
 	}
 	return d.result(claim.UID, pc)
+}
+
+// sameAllocation checks that the claim's allocation is the one pc was
+// prepared (or began to be prepared) with.
+func (d *Driver) sameAllocation(claim *resourceapi.ResourceClaim, pc *preparedClaim) error {
+	var now []string
+	for _, r := range d.ours(claim) {
+		now = append(now, resultKey(r.Request, r.Pool, r.Device, shareID(r)))
+	}
+	var then []string
+	for _, dev := range pc.Devices {
+		then = append(then, resultKey(dev.Request, dev.Pool, dev.Device, dev.ShareID))
+	}
+	if !slices.Equal(now, then) {
+		return fmt.Errorf("%w: claim %s was prepared with %s, its allocation now names %s: "+
+			"it must be unprepared first; %s", ErrInvalidAllocation, klog.KObj(claim), strings.Join(then, ", "), strings.Join(now, ", "), reallocate)
+	}
+	return nil
 }
 
 func resultKey(request, pool, device, share string) string {
