@@ -153,12 +153,21 @@ func MIGDeviceName(parent int, md gpu.MigDevice) string {
 }
 
 // counterSlices lists the counters of a GPU: one per memory slice its MIG
-// placements span on a MIG-enabled GPU, else the single counter slice-0.
+// placements span on a MIG-enabled GPU (all the GPU's placements, offered
+// or not, so the set stays the same while instances come and go), else
+// the single counter slice-0.
 func counterSlices(o shape.Offer) []string {
 	n := 1
 	for _, md := range o.MIG {
 		if md.Placement != nil {
 			n = max(n, md.Placement.Start+md.Placement.Size)
+		}
+	}
+	if o.GPU.MigEnabled {
+		for _, p := range o.GPU.MigProfiles {
+			for _, pl := range p.Placements {
+				n = max(n, pl.Start+pl.Size)
+			}
 		}
 	}
 	return span(0, n)

@@ -281,7 +281,9 @@ func TestPoolMIGExistingInstance(t *testing.T) {
 	md := inv.GPUs[0].MigDevices[0]
 	free := 4 - md.Placement.Start // the other half
 	cfg := parse(t, "version: v1\ngpus:\n  - match: {index: [0]}\n    shape: mig\n    mig: [1g.5gb]\n")
-	devs := byName(BuildPool(PoolInput{Offers: shape.Offers(inv, cfg, nil)}))
+	pool := BuildPool(PoolInput{Offers: shape.Offers(inv, cfg, nil)})
+	require.Len(t, pool.Counters[0].Counters, 8, "every memory slice has its counter, whatever is offered now")
+	devs := byName(pool)
 	d, ok := devs[fmt.Sprintf("gpu-0-mig-3g-20gb-%d", md.Placement.Start)]
 	require.True(t, ok, "an instance of a profile not allowed stays published")
 	require.Equal(t, md.UUID, *d.Attributes["uuid"].StringValue)
@@ -296,4 +298,17 @@ func TestPoolMIGExistingInstance(t *testing.T) {
 	}
 	slices.Sort(want)
 	require.Equal(t, want, names, "only the free half's placements are offered")
+}
+
+// A MIG GPU's counter set has a counter per memory slice of the GPU,
+// whichever devices are offered now: it does not change as instances come
+// and go.
+func TestPoolMIGCountersCoverTheGPU(t *testing.T) {
+	g := &gpu.GPU{Index: 0, UUID: "GPU-a", NUMANode: -1, MigEnabled: true, MigProfiles: []gpu.MigProfile{
+		{Name: "7g.40gb", MemoryMiB: 40192, Placements: []gpu.Placement{{Start: 0, Size: 8}}},
+		{Name: "3g.20gb", MemoryMiB: 19968, Placements: []gpu.Placement{{Start: 0, Size: 4}, {Start: 4, Size: 4}}},
+	}}
+	in := gpu.MigDevice{UUID: "MIG-a", Profile: "3g.20gb", ParentUUID: "GPU-a", Placement: &gpu.Placement{Start: 0, Size: 4}}
+	p := BuildPool(PoolInput{Offers: []shape.Offer{{GPU: g, MIG: []gpu.MigDevice{in}}}})
+	require.Equal(t, span(0, 8), slices.Sorted(maps.Keys(p.Counters[0].Counters)))
 }
