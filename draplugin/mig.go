@@ -56,6 +56,12 @@ func (d *Driver) createMIG(ctx context.Context, pc *preparedClaim, resumed bool)
 		if dev.Type != dra.TypeMIG || dev.UUID != "" {
 			continue
 		}
+		if d.opts.MIG == nil || dev.Placement == nil {
+			// A claim recorded as pending by a driver that created MIG
+			// instances, resumed by one that does not.
+			d.rollbackMIG(ctx, pc)
+			return fmt.Errorf("%w: device %s has no MIG instance to hand out, and this driver creates none; %s", ErrUnknownDevice, dev.Device, reallocate)
+		}
 		uuid, created, err := d.opts.MIG.Create(ctx, dev.GPUUUID, dev.Profile, dev.Placement.Start)
 		if err == nil && uuid == "" {
 			err = errors.New("the MIG manager returned no MIG device UUID")

@@ -276,3 +276,19 @@ func TestMIGCrashAfterCreate(t *testing.T) {
 	require.NoError(t, unprepare(t, d2, c))
 	require.Empty(t, e.instances(), "and unprepare destroys it")
 }
+
+// A prepare cut short and retried by a driver that creates no MIG
+// instances is refused, not a crash.
+func TestMIGPendingWithoutManager(t *testing.T) {
+	e := newMIGEnv(t, "[]")
+	e.opts.MIG = crashingMIG{e.mgr}
+	d := e.driver()
+	c := claim(uid(1), "cut-short", mig("mig", "gpu-0-mig-1g-5gb-5"))
+	require.Panics(t, func() { _, _ = d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{c}) })
+
+	e.opts.MIG = nil
+	d2 := e.driver()
+	require.ErrorIs(t, prepare(t, d2, c).Err, ErrUnknownDevice)
+	require.Empty(t, d2.Prepared())
+	require.NoError(t, unprepare(t, d2, c))
+}
