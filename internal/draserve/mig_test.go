@@ -8,7 +8,12 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/stretchr/testify/require"
+	resourceapi "k8s.io/api/resource/v1"
 
+	"github.com/gpublocks/gpublocks/cdi"
+	"github.com/gpublocks/gpublocks/config"
+	"github.com/gpublocks/gpublocks/daemon"
+	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/mig"
@@ -92,4 +97,43 @@ func TestMIGManagerRefresh(t *testing.T) {
 	m.SetRefresh(func(context.Context) error { calls++; return nil })
 	require.NoError(t, m.Refresh(context.Background()))
 	require.Equal(t, 1, calls)
+}
+
+// After Create, what the daemon's rescan computes holds the new MIG
+// device: the pool shows it under its placement's name with its uuid, and
+// the base CDI spec has gpublocks.io/gpu=<MIG-UUID> (its capability nodes
+// resolved from the updated mig-minors). After Destroy the placement is a
+// device to create again.
+func TestMIGManagerRescanSeesInstance(t *testing.T) {
+	ctx := context.Background()
+	b, g := migBackend(t)
+	m := NewMIGManager(b)
+	compute := func() *daemon.State {
+		st, err := daemon.Compute(ctx, b, daemon.Options{KubeletAPI: daemon.KubeletAPIDRA}, config.Default(), cdi.DriverFiles{}, nil)
+		require.NoError(t, err)
+		return st
+	}
+	uuid, _, err := m.Create(ctx, g, "1g.5gb", 3)
+	require.NoError(t, err)
+	st := compute()
+	var names []string
+	for _, d := range st.Spec.Devices {
+		names = append(names, d.Name)
+	}
+	require.Contains(t, names, uuid, "the base spec holds the MIG device")
+	dev := byName(PoolOf(st))["gpu-0-mig-1g-5gb-3"]
+	require.Equal(t, uuid, *dev.Attributes["uuid"].StringValue)
+
+	require.NoError(t, m.Destroy(ctx, g, uuid))
+	dev = byName(PoolOf(compute()))["gpu-0-mig-1g-5gb-3"]
+	_, has := dev.Attributes["uuid"]
+	require.False(t, has)
+}
+
+func byName(p dra.Pool) map[string]resourceapi.Device {
+	out := map[string]resourceapi.Device{}
+	for _, d := range p.Devices {
+		out[d.Name] = d
+	}
+	return out
 }
