@@ -11,7 +11,10 @@
 //     its one capacity, blocks=100, in steps of 1. This is what lets the
 //     scheduler itself put a 60-block claim on a GPU with 60 free, where a
 //     device plugin could only see the node's total;
-//   - gpu-<i>-mig-<profile>-<start>: a MIG device at a placement.
+//   - gpu-<i>-mig-<profile>-<start>: a MIG device at a placement: an
+//     existing instance (attribute uuid set), or, in DRA mode, a placement
+//     of an allowed profile that the driver creates when a claim is
+//     prepared (no uuid until then; shape.Offer.MIG).
 //
 // Every device of GPU i consumes counters of the counter set gpu-<i>: the
 // whole and blocks devices all of them, a MIG device the memory slices its

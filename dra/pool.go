@@ -70,6 +70,9 @@ func BuildPool(in PoolInput) Pool {
 		attrs := gpuAttributes(g, driver)
 		taint := func(uuids ...string) []resourceapi.DeviceTaint {
 			for _, u := range uuids {
+				if u == "" {
+					continue // a placement without an instance
+				}
 				if reason, bad := in.Unhealthy[u]; bad {
 					return []resourceapi.DeviceTaint{{Key: UnhealthyTaintKey, Value: taintValue(reason), Effect: effect}}
 				}
@@ -150,12 +153,21 @@ func MIGDeviceName(parent int, md gpu.MigDevice) string {
 }
 
 // counterSlices lists the counters of a GPU: one per memory slice its MIG
-// placements span on a MIG-enabled GPU, else the single counter slice-0.
+// placements span on a MIG-enabled GPU (all the GPU's placements, offered
+// or not, so the set stays the same while instances come and go), else
+// the single counter slice-0.
 func counterSlices(o shape.Offer) []string {
 	n := 1
 	for _, md := range o.MIG {
 		if md.Placement != nil {
 			n = max(n, md.Placement.Start+md.Placement.Size)
+		}
+	}
+	if o.GPU.MigEnabled {
+		for _, p := range o.GPU.MigProfiles {
+			for _, pl := range p.Placements {
+				n = max(n, pl.Start+pl.Size)
+			}
 		}
 	}
 	return span(0, n)
@@ -218,11 +230,15 @@ func withType(a attributes, typ string) attributes {
 }
 
 // migAttributes are a MIG device's: its own, and its parent's described as
-// the parent's (uuid is the MIG device's own).
+// the parent's. uuid is the MIG device's own, and only once its instance
+// exists: a placement offered for DRA to create (shape.Offer.MIG) has none.
 func migAttributes(parent attributes, md gpu.MigDevice) attributes {
 	a := withType(parent, TypeMIG)
 	delete(a, "index")
-	a["uuid"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.UUID)}
+	delete(a, "uuid")
+	if md.UUID != "" {
+		a["uuid"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.UUID)}
+	}
 	a["profile"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.Profile)}
 	a["parentUUID"] = resourceapi.DeviceAttribute{StringValue: ptr.To(md.ParentUUID)}
 	a["parentIndex"] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(md.ParentIndex))}

@@ -3,6 +3,11 @@ package dra
 import (
 	"context"
 	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -209,4 +214,101 @@ func TestSlicesWithinLimits(t *testing.T) {
 		require.LessOrEqual(t, len(s.Devices), resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures)
 		require.Equal(t, 0, len(s.Devices)%2, "whole and blocks of a GPU in one slice")
 	}
+}
+
+// simFile writes a simulation file and returns its path.
+func simFile(t *testing.T, doc string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sim.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+	return path
+}
+
+// A MIG-enabled GPU publishes every placement of every allowed profile;
+// a placement without an instance has no uuid yet.
+func TestPoolMIGPlacements(t *testing.T) {
+	inv := inventory(t, simFile(t, "gpus:\n  - model: A100-SXM4-40GB\n    mig: []\n"))
+	tests := map[string]struct {
+		cfg  string
+		want map[string]int // devices per profile
+	}{
+		"every profile": {
+			cfg:  "version: v1\n",
+			want: map[string]int{"1g.5gb": 7, "1g.5gb+me": 7, "1g.10gb": 4, "2g.10gb": 3, "3g.20gb": 2, "4g.20gb": 1, "7g.40gb": 1},
+		},
+		"mig: narrows the profiles": {
+			cfg:  "version: v1\ngpus:\n  - match: {index: [0]}\n    shape: mig\n    mig: [1g.5gb, 3g.20gb]\n",
+			want: map[string]int{"1g.5gb": 7, "3g.20gb": 2},
+		},
+		"a rule for another GPU": {
+			cfg:  "version: v1\ngpus:\n  - match: {index: [3]}\n    shape: mig\n    mig: [1g.5gb]\n",
+			want: map[string]int{"1g.5gb": 7, "1g.5gb+me": 7, "1g.10gb": 4, "2g.10gb": 3, "3g.20gb": 2, "4g.20gb": 1, "7g.40gb": 1},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := BuildPool(PoolInput{Offers: shape.Offers(inv, parse(t, tc.cfg), nil), DriverVersion: inv.DriverVersion})
+			require.Len(t, p.Counters, 1)
+			require.Len(t, p.Counters[0].Counters, 8, "one counter per memory slice")
+			got := map[string]int{}
+			for _, d := range p.Devices {
+				profile := *d.Attributes["profile"].StringValue
+				got[profile]++
+				start := int(*d.Attributes["placementStart"].IntValue)
+				size := int(*d.Attributes["placementSize"].IntValue)
+				require.Equal(t, fmt.Sprintf("gpu-0-mig-%s-%d", strings.NewReplacer(".", "-", "+", "-").Replace(profile), start), d.Name)
+				require.Equal(t, TypeMIG, *d.Attributes["type"].StringValue)
+				_, hasUUID := d.Attributes["uuid"]
+				require.False(t, hasUUID, "%s: no instance, no uuid", d.Name)
+				require.Equal(t, inv.GPUs[0].UUID, *d.Attributes["parentUUID"].StringValue)
+				require.Equal(t, span(start, size), slices.Sorted(maps.Keys(d.ConsumesCounters[0].Counters)))
+				mem := d.Capacity[CapacityMemory].Value
+				require.Positive(t, mem.Value())
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+	mem := byName(BuildPool(PoolInput{Offers: shape.Offers(inv, config.Default(), nil)}))["gpu-0-mig-1g-5gb-6"].Capacity[CapacityMemory].Value
+	require.Equal(t, int64(4864)<<20, mem.Value(), "a placement's memory is its profile's")
+}
+
+// An existing instance is the device of its placement, with its uuid;
+// placements it overlaps are not offered while it exists, and it stays on
+// offer when the config does not allow its profile.
+func TestPoolMIGExistingInstance(t *testing.T) {
+	inv := inventory(t, simFile(t, "gpus:\n  - model: A100-SXM4-40GB\n    mig: [3g.20gb]\n"))
+	require.Len(t, inv.GPUs[0].MigDevices, 1)
+	md := inv.GPUs[0].MigDevices[0]
+	free := 4 - md.Placement.Start // the other half
+	cfg := parse(t, "version: v1\ngpus:\n  - match: {index: [0]}\n    shape: mig\n    mig: [1g.5gb]\n")
+	pool := BuildPool(PoolInput{Offers: shape.Offers(inv, cfg, nil)})
+	require.Len(t, pool.Counters[0].Counters, 8, "every memory slice has its counter, whatever is offered now")
+	devs := byName(pool)
+	d, ok := devs[fmt.Sprintf("gpu-0-mig-3g-20gb-%d", md.Placement.Start)]
+	require.True(t, ok, "an instance of a profile not allowed stays published")
+	require.Equal(t, md.UUID, *d.Attributes["uuid"].StringValue)
+	var names []string
+	for name := range devs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	want := []string{MIGDeviceName(0, md)}
+	for s := free; s < free+4 && s < 7; s++ {
+		want = append(want, fmt.Sprintf("gpu-0-mig-1g-5gb-%d", s))
+	}
+	slices.Sort(want)
+	require.Equal(t, want, names, "only the free half's placements are offered")
+}
+
+// A MIG GPU's counter set has a counter per memory slice of the GPU,
+// whichever devices are offered now: it does not change as instances come
+// and go.
+func TestPoolMIGCountersCoverTheGPU(t *testing.T) {
+	g := &gpu.GPU{Index: 0, UUID: "GPU-a", NUMANode: -1, MigEnabled: true, MigProfiles: []gpu.MigProfile{
+		{Name: "7g.40gb", MemoryMiB: 40192, Placements: []gpu.Placement{{Start: 0, Size: 8}}},
+		{Name: "3g.20gb", MemoryMiB: 19968, Placements: []gpu.Placement{{Start: 0, Size: 4}, {Start: 4, Size: 4}}},
+	}}
+	in := gpu.MigDevice{UUID: "MIG-a", Profile: "3g.20gb", ParentUUID: "GPU-a", Placement: &gpu.Placement{Start: 0, Size: 4}}
+	p := BuildPool(PoolInput{Offers: []shape.Offer{{GPU: g, MIG: []gpu.MigDevice{in}}}})
+	require.Equal(t, span(0, 8), slices.Sorted(maps.Keys(p.Counters[0].Counters)))
 }

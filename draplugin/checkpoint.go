@@ -41,6 +41,14 @@ type preparedClaim struct {
 	Namespace string           `json:"namespace"`
 	Name      string           `json:"name"`
 	Devices   []preparedDevice `json:"devices"`
+	// Pending marks a claim whose MIG instances are being created: it is
+	// checkpointed so before the first Create, and its placements are
+	// held from then on. A driver killed before prepare finished finds
+	// it so at start; the kubelet's retry then finishes it, counting an
+	// idle instance at a pending device's placement as created by this
+	// driver (a MIG device without UUID has not been handed out yet).
+	// A pending claim was never reported prepared.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // preparedDevice is one allocated device of a prepared claim.
@@ -60,6 +68,27 @@ type preparedDevice struct {
 	// AdminAccess devices are prepared for monitoring alongside their
 	// users: they take nothing and conflict with nothing.
 	AdminAccess bool `json:"adminAccess,omitempty"`
+	// Profile and Placement are a MIG device's, as published (Placement
+	// nil when NVML did not report it): they keep overlapping placements
+	// apart, and name what to create.
+	Profile   string     `json:"profile,omitempty"`
+	Placement *placement `json:"placement,omitempty"`
+	// Created says this driver created the MIG instance for the claim, so
+	// unprepare destroys it. An instance that existed before the claim is
+	// never destroyed. The claim is checkpointed with it before prepare
+	// reports success, so a restarted driver still destroys it.
+	Created bool `json:"created,omitempty"`
+}
+
+// placement is a MIG device's place in its GPU's memory slices.
+type placement struct {
+	Start int `json:"start"`
+	Size  int `json:"size"`
+}
+
+// overlaps tells whether two placements share a memory slice.
+func (p placement) overlaps(o placement) bool {
+	return p.Start < o.Start+o.Size && o.Start < p.Start+p.Size
 }
 
 // loadCheckpoint reads the prepared claims. A missing file holds none; an
@@ -109,7 +138,8 @@ func loadCheckpoint(path string) (map[types.UID]*preparedClaim, error) {
 			default:
 				return nil, corrupt("unknown device type", fmt.Errorf("claim %s, device %s: type %q", uid, d.Device, d.Type))
 			}
-			if d.GPUUUID == "" || d.UUID == "" {
+			toCreate := c.Pending && d.Type == dra.TypeMIG && d.Profile != "" && d.Placement != nil
+			if d.GPUUUID == "" || (d.UUID == "" && !toCreate) {
 				return nil, corrupt("device without uuid", fmt.Errorf("claim %s, device %s", uid, d.Device))
 			}
 		}

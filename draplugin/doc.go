@@ -53,6 +53,30 @@
 // (its spec rewritten if it vanished), an unknown claim unprepares
 // successfully.
 //
+// # MIG instances
+//
+// A MIG-enabled GPU publishes every free placement of its allowed profiles
+// (package shape, DESIGN §10); such a device has no uuid attribute until
+// its instance exists. With Options.MIG, preparing it creates the instance
+// (GPU instance and one spanning compute instance), or reuses an idle one
+// that matches, then checkpoints the claim with the MIG UUID and whether
+// this driver created it, then asks Options.MIG to refresh (discover the
+// GPUs again, rewrite the base spec, republish) before it answers, so that
+// gpublocks.io/gpu=<MIG-UUID> exists when the container starts. A create
+// that fails destroys what it created and prepares nothing. Two claims
+// never hold one placement, nor overlapping ones (usage.go), whether or not
+// the instance exists yet.
+//
+// Unprepare destroys only the instances this driver created, after the
+// claim's spec is removed; one running a process (mig.ErrBusy) fails the
+// unprepare, which the kubelet retries, and one already gone counts as
+// destroyed. An instance that existed before its claim is never destroyed.
+// A claim whose instances are being created is checkpointed as pending
+// before the first one is: a driver killed half-way finds it at start
+// (its placements still held), the kubelet's retry finishes it, counting
+// the idle instance at its placement as created, and its unprepare
+// destroys it. Start itself never destroys an instance.
+//
 // # Health
 //
 // Health is the published pool's: package dra puts the unhealthy taint on

@@ -51,6 +51,11 @@ type Options struct {
 	// (gpublocks.io/gpu). Per-claim devices have the same vendor and the
 	// class "claim".
 	CDIKind cdi.Kind
+	// MIG creates the MIG instance of a published placement that has none
+	// when a claim is prepared, and destroys it again on unprepare
+	// (DESIGN §10). Nil: MIG devices must already exist, and a claim for a
+	// placement without an instance is refused.
+	MIG MIGManager
 }
 
 // A Driver serves the kubelet's DRA API for one node: it publishes the
@@ -94,6 +99,10 @@ type publishedDevice struct {
 	gpuIndex  int
 	memoryMiB uint64
 	unhealthy string // the unhealthy taint's value; "" when healthy
+	// profile and place are a MIG device's (place nil when the pool gives
+	// no placement).
+	profile string
+	place   *placement
 }
 
 // PreparedDevice is one device of a prepared claim, for `inspect`,
@@ -106,6 +115,9 @@ type PreparedDevice struct {
 	GPUUUID string // the physical GPU (the parent of a MIG device)
 	UUID    string // the CDI device's UUID: the GPU's, or the MIG device's
 	Blocks  int    // the blocks share; 0 unless Type is dra.TypeBlocks
+	// Created says the driver created the MIG instance for the claim and
+	// destroys it on unprepare.
+	Created bool
 }
 
 // Start loads the checkpoint (recovering the prepared claims, which keep
@@ -323,6 +335,13 @@ func indexPool(pool dra.Pool, inv *gpu.Inventory) (map[string]publishedDevice, e
 		case dra.TypeMIG:
 			p.gpuUUID = stringAttr(dev, "parentUUID")
 			p.gpuIndex = intAttr(dev, "parentIndex")
+			p.profile = stringAttr(dev, "profile")
+			if start, size := intAttr(dev, "placementStart"), intAttr(dev, "placementSize"); start >= 0 && size > 0 {
+				p.place = &placement{Start: start, Size: size}
+			}
+			if p.uuid == "" && (p.profile == "" || p.place == nil) {
+				return nil, fmt.Errorf("%w: MIG device %q has no uuid, so it needs a profile and a placement to be created", ErrInvalidPool, dev.Name)
+			}
 		default:
 			return nil, fmt.Errorf("%w: device %q has type %q, want %s, %s or %s", ErrInvalidPool, dev.Name, p.typ, dra.TypeGPU, dra.TypeBlocks, dra.TypeMIG)
 		}
@@ -383,7 +402,7 @@ func (d *Driver) Prepared() []PreparedDevice {
 		for _, dev := range d.claims[uid].Devices {
 			out = append(out, PreparedDevice{
 				Claim: uid, Request: dev.Request, Device: dev.Device, Type: dev.Type,
-				GPUUUID: dev.GPUUUID, UUID: dev.UUID, Blocks: dev.Blocks,
+				GPUUUID: dev.GPUUUID, UUID: dev.UUID, Blocks: dev.Blocks, Created: dev.Created,
 			})
 		}
 	}

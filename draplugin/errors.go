@@ -19,6 +19,9 @@ var (
 	// it stands (a blocks share without a valid consumedCapacity, an
 	// allocation that changed under a prepared claim).
 	ErrInvalidAllocation = errors.New("invalid allocation")
+	// ErrMIG means a MIG instance of a claim could not be created
+	// (prepare) or destroyed (unprepare); the error says which and why.
+	ErrMIG = errors.New("MIG instance")
 	// ErrCheckpoint means the checkpoint of prepared claims cannot be read
 	// or written.
 	ErrCheckpoint = errors.New("dra checkpoint")

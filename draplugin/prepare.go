@@ -36,46 +36,119 @@ const reallocate = "delete the pod (and its claim, if it is not generated from a
 // does not publish, an unhealthy one, or a device or GPU share already
 // prepared for another claim gets an error naming the device; the other
 // claims of the call are prepared all the same.
+//
+// A MIG device published as a placement without an instance gets one
+// (Options.MIG): created, or an idle one at that placement reused, before
+// the claim's spec is written; the claim is then checkpointed with the MIG
+// UUID and whether this driver created it, and the base spec is refreshed
+// so that it holds the new MIG device, before prepare returns.
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out, refresh := d.prepare(ctx, claims)
+	if len(refresh) == 0 {
+		return out, nil
+	}
+	// Without the lock: refreshing republishes through Publish.
+	if err := d.opts.MIG.Refresh(ctx); err != nil {
+		for uid, ref := range refresh {
+			// Prepared and checkpointed all the same: the kubelet's
+			// retry finds the claim and refreshes again.
+			out[uid] = kubeletplugin.PrepareResult{Err: fmt.Errorf("%w: claim %s: its MIG devices exist, but the CDI spec could not be rewritten to hold them: %w",
+				ErrMIG, ref, err)}
+		}
+		klog.FromContext(ctx).Error(err, "Cannot refresh the CDI spec after creating MIG instances")
+	}
+	return out, nil
+}
+
+// prepare is PrepareResourceClaims under the lock. It returns the claims
+// whose MIG devices the base spec may not hold yet.
+func (d *Driver) prepare(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, map[types.UID]klog.ObjectRef) {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	refresh := map[types.UID]klog.ObjectRef{}
 	u := d.usage()
 	var added []types.UID
+	dropped := false // a pending claim left the checkpoint's claims
+	fail := func(claim *resourceapi.ResourceClaim, err error) {
+		logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
+		out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
+		if pc, ok := d.claims[claim.UID]; ok && pc.Pending {
+			delete(d.claims, claim.UID)
+			dropped = true
+		}
+	}
 	for _, claim := range claims {
-		if pc, ok := d.claims[claim.UID]; ok {
+		pc, ok := d.claims[claim.UID]
+		if ok && !pc.Pending {
 			out[claim.UID] = d.reprepare(ctx, claim, pc)
+			if out[claim.UID].Err == nil && d.unpublishedMIG(pc) {
+				refresh[claim.UID] = klog.KObj(claim)
+			}
 			continue
 		}
-		pc, next, err := d.resolve(claim, u)
-		if err != nil {
-			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
-			continue
+		next := u // a pending claim's devices count already
+		resumed := ok
+		if resumed {
+			// A prepare cut short by a restart: finish it as recorded.
+			if err := d.sameAllocation(claim, pc); err != nil {
+				fail(claim, err)
+				continue
+			}
+			logger.Info("Finishing the prepare of a claim that a restart interrupted", "claim", klog.KObj(claim), "claimUID", claim.UID)
+		} else {
+			var err error
+			if pc, next, err = d.resolve(claim, u); err != nil {
+				fail(claim, err)
+				continue
+			}
+			if len(pc.Devices) == 0 {
+				out[claim.UID] = kubeletplugin.PrepareResult{} // nothing of ours to prepare
+				continue
+			}
+			if toCreate(pc) {
+				// Recorded before the first instance is created: a driver
+				// killed half-way still knows what it may have made.
+				pc.Pending = true
+				d.claims[claim.UID] = pc
+				if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
+					fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
+					continue
+				}
+			}
 		}
-		if len(pc.Devices) == 0 {
-			out[claim.UID] = kubeletplugin.PrepareResult{} // nothing of ours to prepare
+		if err := d.createMIG(ctx, pc, resumed); err != nil {
+			fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
 			continue
 		}
 		if _, err := d.claimSpecs.Write(ctx, string(claim.UID), claimDevices(pc.Devices)); err != nil {
-			err = fmt.Errorf("claim %s: %w", klog.KObj(claim), err)
-			logger.Error(err, "Cannot prepare claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
-			out[claim.UID] = kubeletplugin.PrepareResult{Err: err}
+			d.rollbackMIG(ctx, pc)
+			fail(claim, fmt.Errorf("claim %s: %w", klog.KObj(claim), err))
 			continue
 		}
+		pc.Pending = false
 		u = next
 		d.claims[claim.UID] = pc
 		added = append(added, claim.UID)
 	}
 	if len(added) == 0 {
-		return out, nil
+		if dropped {
+			if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
+				// The pending entries stay on disk: a restart finishes
+				// or unprepares them; nothing is handed out twice.
+				logger.Error(err, "Cannot record claims that failed to prepare")
+			}
+		}
+		return out, refresh
 	}
 	// One checkpoint for the call, before any of its claims is reported
-	// prepared: a claim the kubelet was told about is never forgotten.
+	// prepared: a claim the kubelet was told about is never forgotten, nor
+	// a MIG instance created for it.
 	if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
 		for _, uid := range added {
+			d.rollbackMIG(ctx, d.claims[uid])
 			delete(d.claims, uid)
 			if _, rmErr := d.claimSpecs.Remove(string(uid)); rmErr != nil {
 				logger.Error(rmErr, "Cannot remove the CDI spec of a claim that failed to prepare", "claimUID", uid)
@@ -83,31 +156,40 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			out[uid] = kubeletplugin.PrepareResult{Err: err}
 		}
 		logger.Error(err, "Cannot record prepared claims", "claims", added)
-		return out, nil
+		return out, refresh
 	}
 	for _, uid := range added {
 		pc := d.claims[uid]
 		out[uid] = d.result(uid, pc)
+		if d.unpublishedMIG(pc) {
+			refresh[uid] = klog.KRef(pc.Namespace, pc.Name)
+		}
 		logger.Info("Prepared claim", "claim", klog.KRef(pc.Namespace, pc.Name), "claimUID", uid, "devices", deviceNames(pc.Devices))
 	}
-	return out, nil
+	return out, refresh
+}
+
+// unpublishedMIG tells whether pc has a MIG device that the published pool
+// does not show with its UUID: an instance created since the GPUs were last
+// discovered, which the base spec may not hold yet. The caller holds mu.
+func (d *Driver) unpublishedMIG(pc *preparedClaim) bool {
+	if d.opts.MIG == nil {
+		return false
+	}
+	for _, dev := range pc.Devices {
+		if dev.Type == dra.TypeMIG && d.devices[dev.Device].uuid != dev.UUID {
+			return true
+		}
+	}
+	return false
 }
 
 // reprepare answers a claim prepared before (the kubelet repeats prepare
 // after its own restart): the same result, the spec rewritten only if it
 // is gone or changed, provided the allocation is still the one prepared.
 func (d *Driver) reprepare(ctx context.Context, claim *resourceapi.ResourceClaim, pc *preparedClaim) kubeletplugin.PrepareResult {
-	var now []string
-	for _, r := range d.ours(claim) {
-		now = append(now, resultKey(r.Request, r.Pool, r.Device, shareID(r)))
-	}
-	var then []string
-	for _, dev := range pc.Devices {
-		then = append(then, resultKey(dev.Request, dev.Pool, dev.Device, dev.ShareID))
-	}
-	if !slices.Equal(now, then) {
-		return kubeletplugin.PrepareResult{Err: fmt.Errorf("%w: claim %s was prepared with %s, its allocation now names %s: "+
-			"it must be unprepared first; %s", ErrInvalidAllocation, klog.KObj(claim), strings.Join(then, ", "), strings.Join(now, ", "), reallocate)}
+	if err := d.sameAllocation(claim, pc); err != nil {
+		return kubeletplugin.PrepareResult{Err: err}
 	}
 	changed, err := d.claimSpecs.Write(ctx, string(claim.UID), claimDevices(pc.Devices))
 	if err != nil {
@@ -117,6 +199,24 @@ func (d *Driver) reprepare(ctx context.Context, claim *resourceapi.ResourceClaim
 		klog.FromContext(ctx).Info("Restored the CDI spec of a prepared claim", "claim", klog.KObj(claim), "claimUID", claim.UID)
 	}
 	return d.result(claim.UID, pc)
+}
+
+// sameAllocation checks that the claim's allocation is the one pc was
+// prepared (or began to be prepared) with.
+func (d *Driver) sameAllocation(claim *resourceapi.ResourceClaim, pc *preparedClaim) error {
+	var now []string
+	for _, r := range d.ours(claim) {
+		now = append(now, resultKey(r.Request, r.Pool, r.Device, shareID(r)))
+	}
+	var then []string
+	for _, dev := range pc.Devices {
+		then = append(then, resultKey(dev.Request, dev.Pool, dev.Device, dev.ShareID))
+	}
+	if !slices.Equal(now, then) {
+		return fmt.Errorf("%w: claim %s was prepared with %s, its allocation now names %s: "+
+			"it must be unprepared first; %s", ErrInvalidAllocation, klog.KObj(claim), strings.Join(then, ", "), strings.Join(now, ", "), reallocate)
+	}
+	return nil
 }
 
 func resultKey(request, pool, device, share string) string {
@@ -187,8 +287,8 @@ func (d *Driver) device(r resourceapi.DeviceRequestAllocationResult) (preparedDe
 		return preparedDevice{}, fmt.Errorf("%w: device %s (%s) is unhealthy (%s); %s",
 			ErrUnhealthy, r.Device, p.gpuUUID, p.unhealthy, reallocate)
 	}
-	if p.uuid == "" {
-		return preparedDevice{}, fmt.Errorf("%w: device %s has no MIG instance to hand out; %s", ErrUnknownDevice, r.Device, reallocate)
+	if p.uuid == "" && d.opts.MIG == nil {
+		return preparedDevice{}, fmt.Errorf("%w: device %s has no MIG instance to hand out, and this driver creates none; %s", ErrUnknownDevice, r.Device, reallocate)
 	}
 	dev := preparedDevice{
 		Request: r.Request, Pool: r.Pool, Device: r.Device, Type: p.typ,
@@ -196,7 +296,13 @@ func (d *Driver) device(r resourceapi.DeviceRequestAllocationResult) (preparedDe
 		ShareID:     shareID(r),
 		AdminAccess: r.AdminAccess != nil && *r.AdminAccess,
 	}
-	if p.typ != dra.TypeMIG {
+	if p.typ == dra.TypeMIG {
+		dev.Profile = p.profile
+		if p.place != nil {
+			at := *p.place
+			dev.Placement = &at
+		}
+	} else {
 		dev.MemoryMiB = p.memoryMiB
 	}
 	if p.typ == dra.TypeBlocks {
@@ -232,15 +338,35 @@ func consumedBlocks(r resourceapi.DeviceRequestAllocationResult) (int, error) {
 }
 
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin: it removes
-// each claim's CDI spec, then its checkpoint entry. A claim that is not
-// prepared (never, or already unprepared) succeeds.
+// each claim's CDI spec, then destroys the MIG instances this driver
+// created for it (a busy one fails the claim's unprepare, which the kubelet
+// retries), then removes its checkpoint entry. A claim that is not prepared
+// (never, or already unprepared) succeeds. When instances were destroyed,
+// the GPUs are discovered again (Options.MIG's Refresh) so that their
+// placements are offered again.
 func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out, destroyed := d.unprepare(ctx, claims)
+	if destroyed {
+		// Without the lock: refreshing republishes through Publish. The
+		// claims are unprepared whatever happens here; a stale MIG device
+		// in the base spec names an instance that no longer exists.
+		if err := d.opts.MIG.Refresh(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Cannot refresh the published devices after destroying MIG instances; the next rescan does")
+		}
+	}
+	return out, nil
+}
+
+// unprepare is UnprepareResourceClaims under the lock; it reports whether
+// MIG instances were destroyed.
+func (d *Driver) unprepare(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, bool) {
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
 	out := make(map[types.UID]error, len(claims))
 	removed := map[types.UID]*preparedClaim{}
+	destroyed := false
 	for _, c := range claims {
 		out[c.UID] = nil
 		pc, ok := d.claims[c.UID]
@@ -253,11 +379,20 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 			logger.Error(err, "Cannot unprepare claim", "claim", klog.KRef(c.Namespace, c.Name), "claimUID", c.UID)
 			continue
 		}
+		// The claim stays prepared (its devices counting) until every
+		// instance created for it is gone.
+		did, err := d.destroyMIG(ctx, pc)
+		destroyed = destroyed || did
+		if err != nil {
+			out[c.UID] = err
+			logger.Error(err, "Cannot unprepare claim", "claim", klog.KRef(c.Namespace, c.Name), "claimUID", c.UID)
+			continue
+		}
 		delete(d.claims, c.UID)
 		removed[c.UID] = pc
 	}
 	if len(removed) == 0 {
-		return out, nil
+		return out, destroyed
 	}
 	if err := saveCheckpoint(d.checkpoint, d.claims); err != nil {
 		// Still prepared as far as anyone can tell: the kubelet retries,
@@ -267,12 +402,12 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 			out[uid] = err
 		}
 		logger.Error(err, "Cannot record unprepared claims")
-		return out, nil
+		return out, destroyed
 	}
 	for uid, pc := range removed {
 		logger.Info("Unprepared claim", "claim", klog.KRef(pc.Namespace, pc.Name), "claimUID", uid, "devices", deviceNames(pc.Devices))
 	}
-	return out, nil
+	return out, destroyed
 }
 
 // result is the kubelet's answer for a prepared claim: per device the base

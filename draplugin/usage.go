@@ -3,6 +3,7 @@ package draplugin
 import (
 	"fmt"
 	"maps"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
@@ -22,6 +23,17 @@ type usage struct {
 	sharer map[string]holder // GPU UUID → a claim holding blocks of it
 	mig    map[string]holder // MIG UUID → the claim holding it
 	migOn  map[string]holder // GPU UUID → a claim holding a MIG device of it
+	// migAt are the placements of the MIG devices prepared on each GPU (by
+	// GPU UUID): a placement, or one that overlaps it, is never prepared
+	// twice, whether or not its instance exists yet.
+	migAt map[string][]heldPlacement
+}
+
+// heldPlacement is a prepared MIG device's placement and its claim.
+type heldPlacement struct {
+	at     placement
+	device string
+	h      holder
 }
 
 // holder names a claim in messages.
@@ -39,7 +51,7 @@ func (h holder) String() string {
 func (d *Driver) usage() usage {
 	u := usage{
 		whole: map[string]holder{}, blocks: map[string]int{}, sharer: map[string]holder{},
-		mig: map[string]holder{}, migOn: map[string]holder{},
+		mig: map[string]holder{}, migOn: map[string]holder{}, migAt: map[string][]heldPlacement{},
 	}
 	for uid, pc := range d.claims {
 		h := holder{uid: uid, ns: pc.Namespace, name: pc.Name}
@@ -53,7 +65,7 @@ func (d *Driver) usage() usage {
 func (u usage) clone() usage {
 	return usage{
 		whole: maps.Clone(u.whole), blocks: maps.Clone(u.blocks), sharer: maps.Clone(u.sharer),
-		mig: maps.Clone(u.mig), migOn: maps.Clone(u.migOn),
+		mig: maps.Clone(u.mig), migOn: maps.Clone(u.migOn), migAt: maps.Clone(u.migAt),
 	}
 }
 
@@ -91,8 +103,16 @@ func (u usage) check(dev preparedDevice) error {
 				dev.Device, g, used, dra.BlocksPerGPU, u.sharer[g], dev.Blocks)
 		}
 	case dra.TypeMIG:
-		if h, ok := u.mig[dev.UUID]; ok {
+		if h, ok := u.mig[dev.UUID]; ok && dev.UUID != "" {
 			return fmt.Errorf("device %s: MIG device %s is prepared for claim %s", dev.Device, dev.UUID, h)
+		}
+		if dev.Placement != nil {
+			for _, p := range u.migAt[g] {
+				if p.at.overlaps(*dev.Placement) {
+					return fmt.Errorf("device %s: its memory slices %d-%d on GPU %s overlap device %s, prepared for claim %s",
+						dev.Device, dev.Placement.Start, dev.Placement.Start+dev.Placement.Size-1, g, p.device, p.h)
+				}
+			}
 		}
 		if h, ok := u.sharer[g]; ok {
 			return fmt.Errorf("device %s: its GPU %s has blocks prepared (for claim %s)", dev.Device, g, h)
@@ -115,7 +135,14 @@ func (u usage) add(dev preparedDevice, h holder) {
 			u.sharer[g] = h
 		}
 	case dra.TypeMIG:
-		u.mig[dev.UUID] = h
+		if dev.UUID != "" {
+			u.mig[dev.UUID] = h
+		}
+		if dev.Placement != nil {
+			// A new slice: u.migAt may share its arrays with the usage
+			// it was cloned from.
+			u.migAt[g] = append(slices.Clip(u.migAt[g]), heldPlacement{at: *dev.Placement, device: dev.Device, h: h})
+		}
 		if _, ok := u.migOn[g]; !ok {
 			u.migOn[g] = h
 		}

@@ -234,8 +234,52 @@ func (d *discovery) gpu(i int) (*GPU, error) {
 			// its MIG devices there is nothing safe to offer.
 			return fail("listing MIG devices", err)
 		}
+		if g.MigProfiles, err = migProfiles(h, dev); err != nil {
+			// Existing MIG devices are still served; only DRA's
+			// devices to create on demand are missing.
+			logger.Error(err, "Cannot read the GPU's MIG profiles; only its existing MIG devices are offered")
+		}
 	}
 	return g, nil
+}
+
+// migProfiles reads the GPU instance profiles of a MIG-enabled GPU and their
+// possible placements: each profile go-nvlib can name, in the form with one
+// compute instance spanning the GPU instance. A profile NVML does not
+// support on this GPU is left out.
+func migProfiles(h nvml.Device, dev device.Device) ([]MigProfile, error) {
+	named, err := dev.GetMigProfiles()
+	if err != nil {
+		return nil, fmt.Errorf("listing MIG profiles: %w", err)
+	}
+	var out []MigProfile
+	seen := map[int]bool{}
+	for _, mp := range named {
+		pi := mp.GetInfo()
+		if pi.C != pi.G || seen[pi.GIProfileID] {
+			continue
+		}
+		seen[pi.GIProfileID] = true
+		info, ret := h.GetGpuInstanceProfileInfo(pi.GIProfileID)
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("reading GPU instance profile %s: %w", mp, ret)
+		}
+		ps, ret := h.GetGpuInstancePossiblePlacements(&info)
+		switch {
+		case ret == nvml.ERROR_NOT_SUPPORTED:
+			continue
+		case ret != nvml.SUCCESS:
+			return nil, fmt.Errorf("reading placements of %s: %w", mp, ret)
+		}
+		p := MigProfile{Name: mp.String(), MemoryMiB: info.MemorySizeMB}
+		for _, pl := range ps {
+			p.Placements = append(p.Placements, Placement{Start: int(pl.Start), Size: int(pl.Size)})
+		}
+		if len(p.Placements) > 0 {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // migDevices fills g.MigDevices. Only an enumeration failure is returned; a

@@ -77,6 +77,24 @@ type GPU struct {
 	// MigDevices are the MIG devices on the GPU, ordered by MIG index; empty
 	// unless MigEnabled.
 	MigDevices []MigDevice
+	// MigProfiles are the GPU instance profiles the GPU offers and the
+	// placements each may take, as NVML reports them: what DRA mode
+	// publishes as MIG devices to be created on demand. Empty unless
+	// MigEnabled, and when NVML could not list them (the GPU then offers
+	// its existing MIG devices only).
+	MigProfiles []MigProfile
+}
+
+// MigProfile is a GPU instance profile of a MIG-enabled GPU, with one
+// compute instance spanning it (one MIG device). Package mig reads the same
+// catalog with what it needs to create instances (mig.Catalog).
+type MigProfile struct {
+	// Name is NVIDIA's, as go-nvlib writes it: "1g.10gb", "1g.10gb+me".
+	Name      string
+	MemoryMiB uint64
+	// Placements are where an instance may sit
+	// (GetGpuInstancePossiblePlacements), in NVML's order.
+	Placements []Placement
 }
 
 // MigDevice is one MIG device (a GPU instance with one compute instance).

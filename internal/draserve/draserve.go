@@ -42,8 +42,11 @@ type Flags struct {
 
 // Start connects to the API server (Flags.Kubeconfig, else in-cluster),
 // starts the kubelet DRA plugin and makes it o's publisher. The node
-// label is then read with the same credentials.
-func Start(ctx context.Context, o *daemon.Options, f Flags) (*draplugin.Driver, error) {
+// label is then read with the same credentials. With mig, the plugin
+// creates MIG instances for claims of published placements and destroys
+// them again (draplugin.Options.MIG; the caller wires mig.SetRefresh once
+// the daemon exists); nil serves existing MIG devices only.
+func Start(ctx context.Context, o *daemon.Options, f Flags, mig *MIGManager) (*draplugin.Driver, error) {
 	cfg, err := restConfig(f.Kubeconfig)
 	if err != nil {
 		return nil, err
@@ -59,14 +62,19 @@ func Start(ctx context.Context, o *daemon.Options, f Flags) (*draplugin.Driver, 
 		}
 		o.NodeClient = daemon.NewNodeAPI(cfg.Host, hc, "")
 	}
-	drv, err := draplugin.Start(ctx, draplugin.Options{
+	opts := draplugin.Options{
 		NodeName:     o.NodeName,
 		KubeClient:   client,
 		RegistrarDir: f.RegistrarDir,
 		PluginsDir:   f.PluginsDir,
 		CDIDir:       o.CDIDir,
 		CDIKind:      o.CDIKind,
-	})
+	}
+	if mig != nil {
+		// Never a nil *MIGManager in the interface: nil means "none".
+		opts.MIG = mig
+	}
+	drv, err := draplugin.Start(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("starting the DRA plugin: %w", err)
 	}
@@ -251,7 +259,11 @@ var _ daemon.Publisher = (*Publisher)(nil)
 func CLI() *cli.DRA {
 	return &cli.DRA{
 		Start: func(ctx context.Context, o *daemon.Options, f cli.DRAFlags) (cli.DRADriver, error) {
-			return Start(ctx, o, Flags(f))
+			// cli.DRA.Start has no backend yet, so MIG instances are not
+			// created on demand here: the lead's wiring passes
+			// NewMIGManager(backend) and calls its SetRefresh once the
+			// daemon exists.
+			return Start(ctx, o, Flags(f), nil)
 		},
 		WriteSlices: WriteResourceSlices,
 	}

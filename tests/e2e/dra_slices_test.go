@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -31,9 +33,22 @@ gpus:
   - {match: {model: "*"}, shape: whole}
 `,
 	}
-	for _, preset := range sim.Presets() {
+	// MIG on without instances: every placement of every profile is a
+	// device to create on demand (DESIGN §10), 25 per A100 80 GB.
+	dir := t.TempDir()
+	specs := sim.Presets()
+	for name, doc := range map[string]string{
+		"mig-placements": "gpus:\n  - model: A100-SXM4-80GB\n    count: 8\n    mig: []\n",
+		"mig-mixed":      "gpus:\n  - model: H100-SXM5-80GB\n    mig: [3g.40gb]\n  - model: A100-SXM4-40GB\n    mig: []\n  - model: A30-PCIE-24GB\n    mig: []\n  - model: H200-SXM5-141GB\n    mig: []\n",
+	} {
+		path := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+		specs = append(specs, path)
+	}
+	rules["mig allowed"] = "version: v1\ngpus:\n  - {match: {index: [0]}, shape: mig, mig: [1g.10gb]}\n"
+	for _, preset := range specs {
 		for name, doc := range rules {
-			t.Run(preset+"/"+name, func(t *testing.T) {
+			t.Run(filepath.Base(preset)+"/"+name, func(t *testing.T) {
 				b, err := sim.New(preset)
 				require.NoError(t, err)
 				defer func() { _ = b.Close() }()
