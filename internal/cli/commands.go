@@ -49,8 +49,9 @@ func newServeCommand(dra *DRA) *cobra.Command {
 				return err
 			}
 			defer func() { _ = backend.Close() }()
+			var drv DRADriver
 			if o.KubeletAPI == daemon.KubeletAPIDRA {
-				drv, err := dra.Start(ctx, &o, df)
+				drv, err = dra.Start(ctx, &o, df, backend)
 				if err != nil {
 					return err
 				}
@@ -71,6 +72,9 @@ func newServeCommand(dra *DRA) *cobra.Command {
 			d, err := daemon.New(ctx, o, backend)
 			if err != nil {
 				return err
+			}
+			if drv != nil {
+				drv.Bind(d)
 			}
 			defer reloadOnHangup(ctx, d)()
 			err = d.Run(ctx)

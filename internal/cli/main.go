@@ -16,13 +16,15 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpublocks/gpublocks/daemon"
+	"github.com/gpublocks/gpublocks/gpu"
 )
 
 // DRA is DRA mode's code: it links client-go and the Kubernetes API types,
 // so only the gpublocks-dra executable passes it (internal/draserve).
 type DRA struct {
 	// Start starts the kubelet DRA plugin and sets o.Publisher.
-	Start func(ctx context.Context, o *daemon.Options, f DRAFlags) (DRADriver, error)
+	// b is the GPUs' backend, through which MIG instances are made.
+	Start func(ctx context.Context, o *daemon.Options, f DRAFlags, b gpu.Backend) (DRADriver, error)
 	// WriteSlices prints the ResourceSlices a state publishes.
 	WriteSlices func(w io.Writer, st *daemon.State, node string) error
 }
@@ -36,6 +38,9 @@ type DRAFlags struct {
 
 // DRADriver is the running DRA plugin.
 type DRADriver interface {
+	// Bind hands the plugin the daemon once it exists: a MIG instance
+	// made for a claim is rescanned through it before prepare answers.
+	Bind(d *daemon.Daemon)
 	Stop()
 	// Fatal delivers an error the plugin cannot recover from: serve ends.
 	Fatal() <-chan error

@@ -258,13 +258,27 @@ var _ daemon.Publisher = (*Publisher)(nil)
 // CLI is DRA mode for the command line (cli.Main).
 func CLI() *cli.DRA {
 	return &cli.DRA{
-		Start: func(ctx context.Context, o *daemon.Options, f cli.DRAFlags) (cli.DRADriver, error) {
-			// cli.DRA.Start has no backend yet, so MIG instances are not
-			// created on demand here: the lead's wiring passes
-			// NewMIGManager(backend) and calls its SetRefresh once the
-			// daemon exists.
-			return Start(ctx, o, Flags(f), nil)
+		Start: func(ctx context.Context, o *daemon.Options, f cli.DRAFlags, b gpu.Backend) (cli.DRADriver, error) {
+			m := NewMIGManager(b)
+			drv, err := Start(ctx, o, Flags(f), m)
+			if err != nil {
+				return nil, err
+			}
+			return &running{Driver: drv, mig: m}, nil
 		},
 		WriteSlices: WriteResourceSlices,
 	}
 }
+
+// running is the started plugin with its MIG manager, which rescans
+// through the daemon once Bind has handed it over.
+type running struct {
+	*draplugin.Driver
+	mig *MIGManager
+}
+
+// Bind makes a MIG instance created for a claim reach the base CDI spec
+// and the pool before prepare answers: a synchronous daemon rescan. Until
+// then (the daemon does not exist yet) a claim needing a new instance is
+// refused and retried by the kubelet.
+func (r *running) Bind(d *daemon.Daemon) { r.mig.SetRefresh(d.RescanNow) }
