@@ -3,6 +3,8 @@ package blocks
 import (
 	"errors"
 	"fmt"
+
+	"github.com/gpublocks/gpublocks/config"
 )
 
 // Policy decides which GPU Prefer takes a request of at most 100 blocks from.
@@ -25,9 +27,9 @@ var ErrUnknownPolicy = errors.New("unknown blocks policy")
 // The empty string means the default, Binpack.
 func ParsePolicy(s string) (Policy, error) {
 	switch s {
-	case "binpack", "":
+	case config.PolicyBinpack, "":
 		return Binpack, nil
-	case "spread":
+	case config.PolicySpread:
 		return Spread, nil
 	}
 	return Binpack, fmt.Errorf("%w %q: want binpack or spread", ErrUnknownPolicy, s)
@@ -37,9 +39,9 @@ func ParsePolicy(s string) (Policy, error) {
 func (p Policy) String() string {
 	switch p {
 	case Binpack:
-		return "binpack"
+		return config.PolicyBinpack
 	case Spread:
-		return "spread"
+		return config.PolicySpread
 	}
 	return fmt.Sprintf("Policy(%d)", int(p))
 }

@@ -8,6 +8,8 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/gpublocks/gpublocks/config"
 )
 
 // A Strategy is one way of telling the runtime which devices a container
@@ -17,13 +19,13 @@ type Strategy string
 const (
 	// StrategyCDICRI names CDI devices in the CRI's CdiDevices field
 	// (containerd ≥ 1.7, CRI-O ≥ 1.23 with CDI enabled).
-	StrategyCDICRI Strategy = "cdi-cri"
+	StrategyCDICRI Strategy = config.ListCDICRI
 	// StrategyCDIAnnotations names CDI devices in a cdi.k8s.io/ annotation,
 	// for runtimes that read CDI requests only from annotations.
-	StrategyCDIAnnotations Strategy = "cdi-annotations"
+	StrategyCDIAnnotations Strategy = config.ListCDIAnnotations
 	// StrategyEnvvar sets NVIDIA_VISIBLE_DEVICES for NVIDIA's legacy
 	// runtime hook, which then injects the devices itself.
-	StrategyEnvvar Strategy = "envvar"
+	StrategyEnvvar Strategy = config.ListEnvvar
 )
 
 // Strategies lists every valid Strategy, in documentation order.

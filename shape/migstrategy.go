@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/mig"
 )
@@ -53,7 +54,7 @@ func applyMigStrategy(gpus []gpu.GPU, strategy, domain string) (migResult, error
 	if len(enabled) == 0 {
 		return res, nil
 	}
-	if strategy == "none" {
+	if strategy == config.MigNone {
 		for _, g := range enabled {
 			res.Whole = append(res.Whole, g.Index)
 		}
@@ -76,7 +77,7 @@ func applyMigStrategy(gpus []gpu.GPU, strategy, domain string) (migResult, error
 				continue
 			}
 			name, profile := domain+"/"+suffix, d.Profile
-			if strategy == "single" {
+			if strategy == config.MigSingle {
 				name = domain + "/gpu"
 			}
 			grp := byResource[name]
@@ -90,7 +91,7 @@ func applyMigStrategy(gpus []gpu.GPU, strategy, domain string) (migResult, error
 			grp.Devices = append(grp.Devices, d)
 		}
 	}
-	if strategy == "single" {
+	if strategy == config.MigSingle {
 		profiles := map[string][]string{}
 		for _, g := range enabled {
 			for _, d := range g.MigDevices {

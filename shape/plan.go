@@ -13,11 +13,11 @@ import (
 	"github.com/gpublocks/gpublocks/plugin"
 )
 
-// Shape names as shown by inspect and metrics.
+// Shape names as shown by inspect and metrics: the config's, and None.
 const (
-	Whole  = "whole"
-	Blocks = "blocks"
-	MIG    = "mig"
+	Whole  = config.ShapeWhole
+	Blocks = config.ShapeBlocks
+	MIG    = config.ShapeMig
 	None   = "none" // not offered (e.g. MIG layout unusable under single)
 )
 
@@ -129,10 +129,14 @@ func Build(in Input) *Plan {
 		p.Resources = append(p.Resources, newSimpleResource(grp.Resource, units, in.Responders(grp.Resource)))
 	}
 	if len(blockGPUs) > 0 {
-		// The config was validated, so the policy parses.
-		policy, _ := blocks.ParsePolicy(cfg.Blocks.Policy)
 		name := cfg.ResourceName(cfg.Blocks.ResourceName)
-		r, err := blocks.NewResource(name, blockGPUs, policy, in.Unhealthy, blocks.BaseFunc(in.Responders(name)))
+		// A validated config's policy parses; one that does not is
+		// said, never served under a policy nobody asked for.
+		policy, err := blocks.ParsePolicy(cfg.Blocks.Policy)
+		var r *blocks.Resource
+		if err == nil {
+			r, err = blocks.NewResource(name, blockGPUs, policy, in.Unhealthy, blocks.BaseFunc(in.Responders(name)))
+		}
 		if err != nil {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("blocks not offered: %v", err))
 		} else {
