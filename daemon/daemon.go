@@ -22,6 +22,7 @@ import (
 	"github.com/gpublocks/gpublocks/gpu"
 	"github.com/gpublocks/gpublocks/gpu/sim"
 	"github.com/gpublocks/gpublocks/plugin"
+	"github.com/gpublocks/gpublocks/plugin/resources"
 	"github.com/gpublocks/gpublocks/shape"
 )
 
@@ -80,12 +81,16 @@ func OpenBackend(ctx context.Context, o Options) (gpu.Backend, error) {
 }
 
 // State is one consistent view of the node: what was discovered, the config
-// in force, the plan made from them and the CDI spec that goes with it.
+// in force, the plan made from them, what serves the plan and the CDI spec
+// that goes with it.
 type State struct {
 	Inventory *gpu.Inventory
 	Config    *config.Config
 	Source    config.Source
 	Plan      *shape.Plan
+	// Resources are the device plugin's resources serving Plan, sorted by
+	// name (nil in DRA mode).
+	Resources []plugin.Resource
 	Spec      *specs.Spec
 	Omissions []cdi.Omission
 	// Offers is what each GPU offers to DRA (nil in device-plugin mode),
@@ -136,29 +141,36 @@ func plan(ctx context.Context, inv *gpu.Inventory, o Options, cfg *config.Config
 		return nil, err
 	}
 	kind := o.kind()
-	var respErr error
-	p := shape.Build(shape.Input{
-		Inventory: inv,
-		Config:    cfg,
-		Unhealthy: unhealthy,
-		Keep:      keep.shapes,
-		Responders: func(resource string) shape.Responder {
-			r, err := cdi.NewResponder(kind, resource, strategies)
-			if err != nil {
-				respErr = errors.Join(respErr, err)
-				return nil
-			}
-			return r.Respond
-		},
-	})
-	if respErr != nil {
-		return nil, respErr
+	p := shape.Build(shape.Input{Inventory: inv, Config: cfg, Keep: keep.shapes})
+	var rs []plugin.Resource
+	if !o.dra() {
+		// Only the device plugin serves resources; DRA publishes offers.
+		var respErr error
+		var warnings []string
+		rs, warnings = resources.Build(resources.Input{
+			Plan:      p,
+			Config:    cfg,
+			Unhealthy: unhealthy,
+			Responders: func(resource string) resources.Responder {
+				r, err := cdi.NewResponder(kind, resource, strategies)
+				if err != nil {
+					respErr = errors.Join(respErr, err)
+					return nil
+				}
+				return r.Respond
+			},
+		})
+		if respErr != nil {
+			return nil, respErr
+		}
+		// The plan's warnings are what the log and inspect show.
+		p.Warnings = append(p.Warnings, warnings...)
 	}
 	spec, omissions, err := cdi.BuildSpec(ctx, cdi.SpecInput{Kind: kind, Inventory: inv, Offered: p.CDIGPUs, Driver: driver})
 	if err != nil {
 		return nil, err
 	}
-	st := &State{Inventory: inv, Config: cfg, Plan: p, Spec: spec, Omissions: omissions}
+	st := &State{Inventory: inv, Config: cfg, Plan: p, Resources: rs, Spec: spec, Omissions: omissions}
 	if o.dra() {
 		st.Offers = shape.Offers(inv, cfg, keep.offers)
 		st.Faults = map[string]string{}
@@ -614,7 +626,7 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 		if err == nil && prev != nil && !d.opts.dra() {
 			// Resource names are the device plugin's: in DRA mode
 			// the kept offers hold what claims use.
-			moved = renamed(prev.Plan, cst.Plan, alloc)
+			moved = renamed(prev.Resources, cst.Resources, alloc)
 		}
 		switch {
 		case err != nil:
@@ -645,14 +657,14 @@ func (d *Daemon) reconcile(ctx context.Context, rescan bool, answer *allocAnswer
 	} else if prev != nil {
 		st.MigLayouts = prev.MigLayouts
 	}
-	if prev == nil || !samePlan(prev.Plan, st.Plan) {
+	if prev == nil || !samePlan(prev, st) {
 		for _, w := range st.Plan.Warnings {
 			logger.Info("Plan warning", "warning", w, "config", st.Source.Name)
 		}
 		for _, a := range st.Plan.GPUs {
 			logger.Info("GPU planned", "index", a.GPU.Index, "uuid", a.GPU.UUID, "model", a.GPU.Model, "shape", a.Shape, "reason", a.Reason)
 		}
-		for _, r := range st.Plan.Resources {
+		for _, r := range st.Resources {
 			logger.Info("Resource", "name", r.Name(), "devices", len(r.Devices()))
 		}
 	}
@@ -761,17 +773,23 @@ func configName(src config.Source) string {
 	return src.Path
 }
 
-func samePlan(a, b *shape.Plan) bool {
-	if len(a.GPUs) != len(b.GPUs) {
+// samePlan tells whether two states give every GPU the same shape and serve
+// the same resource names.
+func samePlan(a, b *State) bool {
+	if len(a.Plan.GPUs) != len(b.Plan.GPUs) {
 		return false
 	}
-	for i := range a.GPUs {
-		if a.GPUs[i].GPU.UUID != b.GPUs[i].GPU.UUID || a.GPUs[i].Shape != b.GPUs[i].Shape {
+	for i := range a.Plan.GPUs {
+		if a.Plan.GPUs[i].GPU.UUID != b.Plan.GPUs[i].GPU.UUID || a.Plan.GPUs[i].Shape != b.Plan.GPUs[i].Shape {
 			return false
 		}
 	}
 	return slices.Equal(a.ResourceNames(), b.ResourceNames())
 }
+
+// ResourceNames lists the names of the device plugin's resources (none in
+// DRA mode).
+func (s *State) ResourceNames() []string { return resources.Names(s.Resources) }
 
 func cloneSet(m map[string]bool) map[string]bool {
 	out := make(map[string]bool, len(m))

@@ -12,6 +12,7 @@ import (
 	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
+	"github.com/gpublocks/gpublocks/plugin"
 	"github.com/gpublocks/gpublocks/shape"
 )
 
@@ -112,15 +113,15 @@ func shapesToKeep(prev *State, inv *gpu.Inventory, cfg *config.Config, alloc *al
 // renamed lists the allocated devices that next would serve under another
 // resource name than cur does, or not at all (a MIG device under a new
 // migStrategy), sorted.
-func renamed(cur, next *shape.Plan, alloc *allocations) []string {
+func renamed(cur, next []plugin.Resource, alloc *allocations) []string {
 	nextName := map[string]string{}
-	for _, r := range next.Resources {
+	for _, r := range next {
 		for _, dev := range r.Devices() {
 			nextName[dev.ID] = r.Name()
 		}
 	}
 	var moved []string
-	for _, r := range cur.Resources {
+	for _, r := range cur {
 		for _, dev := range r.Devices() {
 			if alloc.has(dev.ID) && nextName[dev.ID] != r.Name() {
 				moved = append(moved, dev.ID)

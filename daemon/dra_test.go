@@ -13,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 
+	"github.com/gpublocks/gpublocks/cdi"
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/dra"
 	"github.com/gpublocks/gpublocks/gpu"
@@ -383,4 +385,33 @@ func TestRescanNowIsSynchronous(t *testing.T) {
 	ctx, cancel := context.WithCancel(n.ctx)
 	cancel()
 	require.ErrorIs(t, n.d.RescanNow(ctx), context.Canceled)
+}
+
+// TestDevicePluginResourcesOnlyInDevicePluginMode checks that a plan is
+// served by device-plugin resources in device-plugin mode only: DRA mode
+// publishes offers and builds no resource it would never serve.
+func TestDevicePluginResourcesOnlyInDevicePluginMode(t *testing.T) {
+	tests := map[string]struct {
+		api           string
+		wantResources []string
+		wantOffers    int
+	}{
+		"device plugin": {api: KubeletAPIDevicePlugin, wantResources: []string{"nvidia.com/gpu", "nvidia.com/gpu-blocks"}},
+		"dra":           {api: KubeletAPIDRA, wantResources: []string{}, wantOffers: 8},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, ctx := ktesting.NewTestContext(t)
+			b, err := sim.New("dgxa100")
+			require.NoError(t, err)
+			cfg, err := config.Parse([]byte("gpus: [{match: {index: [1]}, shape: blocks}]\n"))
+			require.NoError(t, err)
+			st, err := Compute(ctx, b, Options{KubeletAPI: tc.api}, cfg, cdi.DriverFiles{}, nil)
+			require.NoError(t, err)
+			require.Len(t, st.Plan.GPUs, 8)
+			require.Equal(t, shape.Blocks, st.Plan.GPUs[1].Shape)
+			require.Equal(t, tc.wantResources, st.ResourceNames())
+			require.Len(t, st.Offers, tc.wantOffers)
+		})
+	}
 }

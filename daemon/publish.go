@@ -72,10 +72,10 @@ func (e external) run(ctx context.Context) error {
 // resource name.
 type devicePlugins struct{ m *plugin.Manager }
 
-func (p devicePlugins) check(st *State) error { return p.m.Check(st.Plan.Resources) }
+func (p devicePlugins) check(st *State) error { return p.m.Check(st.Resources) }
 
 func (p devicePlugins) publish(_ context.Context, st *State) error {
-	return p.m.Update(st.Plan.Resources)
+	return p.m.Update(st.Resources)
 }
 
 func (p devicePlugins) run(ctx context.Context) error { return p.m.Run(ctx) }

@@ -67,7 +67,7 @@ func (s *State) WriteReport(w io.Writer, backend string) error {
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tDEVICES\tHEALTHY\tDEVICE IDS")
-	for _, r := range s.Plan.Resources {
+	for _, r := range s.Resources {
 		devs := r.Devices()
 		healthy := 0
 		for _, d := range devs {
@@ -77,7 +77,7 @@ func (s *State) WriteReport(w io.Writer, backend string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Name(), len(devs), healthy, summarizeIDs(devs))
 	}
-	if len(s.Plan.Resources) == 0 {
+	if len(s.Resources) == 0 {
 		fmt.Fprintln(tw, "(none)\t0\t0\t")
 	}
 	if err := tw.Flush(); err != nil {

@@ -143,7 +143,7 @@ func Run(ctx context.Context, w io.Writer, o Options) (err error) {
 		return err
 	}
 	fmt.Fprintf(w, "\nThe kubelet stand-in sees:\n")
-	for _, name := range st.Plan.ResourceNames() {
+	for _, name := range st.ResourceNames() {
 		p, err := kubelet.Plugin(waitCtx, name)
 		if err != nil {
 			return err

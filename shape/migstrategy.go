@@ -15,8 +15,10 @@ import (
 // chosen strategy (e.g. "single" over different profiles).
 var ErrMigStrategy = errors.New("mig layout does not fit the strategy")
 
-// migGroup is the MIG devices served under one resource name.
-type migGroup struct {
+// MigGroup is the MIG devices offered under one resource name, in
+// discovery order. Devices whose capability nodes could not be resolved are
+// never in one.
+type MigGroup struct {
 	Resource string // fully qualified, e.g. nvidia.com/mig-1g.10gb
 	Profile  string // "" under strategy single when several would fit
 	Devices  []gpu.MigDevice
@@ -24,7 +26,7 @@ type migGroup struct {
 
 // migResult is a strategy applied to the node's GPUs.
 type migResult struct {
-	Groups []migGroup
+	Groups []MigGroup
 	// Whole lists the indexes of MIG-enabled GPUs that are offered whole
 	// (strategy none).
 	Whole []int
@@ -60,7 +62,7 @@ func applyMigStrategy(gpus []gpu.GPU, strategy, domain string) (migResult, error
 		}
 		return res, nil
 	}
-	byResource := map[string]*migGroup{}
+	byResource := map[string]*MigGroup{}
 	var problems []string
 	for _, g := range enabled {
 		if len(g.MigDevices) == 0 {
@@ -82,7 +84,7 @@ func applyMigStrategy(gpus []gpu.GPU, strategy, domain string) (migResult, error
 			}
 			grp := byResource[name]
 			if grp == nil {
-				grp = &migGroup{Resource: name, Profile: profile}
+				grp = &MigGroup{Resource: name, Profile: profile}
 				byResource[name] = grp
 			}
 			if grp.Profile != profile {

@@ -1,16 +1,16 @@
 // Package shape decides, for every GPU on the node, which shape it is offered
-// in (whole, MIG or blocks) and builds the kubelet resources for that plan.
-// It is pure: the same inventory, config and health give the same plan.
+// in (whole, MIG or blocks) and, for MIG, which devices are offered under
+// which resource name: plain data in no kubelet API's terms. The device
+// plugin's resources are built from a Plan by package plugin/resources, and
+// DRA's pool from Offers by package dra. It is pure: the same inventory and
+// config give the same plan.
 package shape
 
 import (
 	"fmt"
-	"sort"
 
-	"github.com/gpublocks/gpublocks/blocks"
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
-	"github.com/gpublocks/gpublocks/plugin"
 )
 
 // Shape names as shown by inspect and metrics: the config's, and None.
@@ -25,15 +25,9 @@ const (
 type Input struct {
 	Inventory *gpu.Inventory
 	Config    *config.Config
-	// Unhealthy holds faulted devices: a GPU UUID makes every device on the
-	// GPU (whole, MIG or blocks) unhealthy, a MIG UUID only that MIG device.
-	Unhealthy map[string]bool
 	// Keep pins GPUs (by UUID) to a shape regardless of the config, e.g.
 	// while devices of the old shape are still allocated.
 	Keep map[string]string
-	// Responders gives, per resource name, what builds the CDI part of its
-	// Allocate answers (the cdi-annotations strategy names the resource).
-	Responders func(resource string) Responder
 }
 
 // Assignment is one GPU's place in the plan.
@@ -45,8 +39,11 @@ type Assignment struct {
 
 // Plan is the node's offer.
 type Plan struct {
-	GPUs      []Assignment
-	Resources []plugin.Resource
+	// GPUs are every discovered GPU's assignment, in discovery order.
+	GPUs []Assignment
+	// MIG are the MIG devices offered, grouped by the resource name the
+	// config's MIG strategy gives them, sorted by name.
+	MIG []MigGroup
 	// CDIGPUs are the UUIDs of GPUs offered whole or as blocks: the GPUs
 	// that get a whole-GPU CDI device.
 	CDIGPUs []string
@@ -75,8 +72,6 @@ func Build(in Input) *Plan {
 		}
 	}
 
-	var whole []unit
-	var blockGPUs []gpu.GPU
 	for i := range in.Inventory.GPUs {
 		g := &in.Inventory.GPUs[i]
 		a := Assignment{GPU: g}
@@ -97,77 +92,13 @@ func Build(in Input) *Plan {
 			}
 		case want == config.ShapeBlocks && !g.MigEnabled:
 			a.Shape = Blocks
-			blockGPUs = append(blockGPUs, *g)
 			p.CDIGPUs = append(p.CDIGPUs, g.UUID)
 		default:
 			a.Shape = Whole
-			whole = append(whole, unit{id: g.UUID, healthy: wholeHealthy(g, in.Unhealthy), numa: g.NUMANode})
 			p.CDIGPUs = append(p.CDIGPUs, g.UUID)
 		}
 		p.GPUs = append(p.GPUs, a)
 	}
-
-	wholeName := cfg.ResourceName("gpu")
-	if cfg.MigStrategy == config.MigSingle && len(res.Groups) > 0 {
-		// Under single, MIG devices are the node's nvidia.com/gpu, and
-		// applyMigStrategy refuses layouts that also hold MIG-disabled GPUs:
-		// nothing is whole here. The guard keeps the one name to one resource.
-		whole = nil
-	}
-	if len(whole) > 0 {
-		p.Resources = append(p.Resources, newSimpleResource(wholeName, whole, in.Responders(wholeName)))
-	}
-	gpuNUMA := map[string]int{}
-	for _, g := range in.Inventory.GPUs {
-		gpuNUMA[g.UUID] = g.NUMANode
-	}
-	for _, grp := range res.Groups {
-		units := make([]unit, 0, len(grp.Devices))
-		for _, d := range grp.Devices {
-			units = append(units, unit{id: d.UUID, healthy: !in.Unhealthy[d.ParentUUID] && !in.Unhealthy[d.UUID], numa: gpuNUMA[d.ParentUUID]})
-		}
-		p.Resources = append(p.Resources, newSimpleResource(grp.Resource, units, in.Responders(grp.Resource)))
-	}
-	if len(blockGPUs) > 0 {
-		name := cfg.ResourceName(cfg.Blocks.ResourceName)
-		// A validated config's policy parses; one that does not is
-		// said, never served under a policy nobody asked for.
-		policy, err := blocks.ParsePolicy(cfg.Blocks.Policy)
-		var r *blocks.Resource
-		if err == nil {
-			r, err = blocks.NewResource(name, blockGPUs, policy, in.Unhealthy, blocks.BaseFunc(in.Responders(name)))
-		}
-		if err != nil {
-			p.Warnings = append(p.Warnings, fmt.Sprintf("blocks not offered: %v", err))
-		} else {
-			p.Resources = append(p.Resources, r)
-		}
-	}
-	sort.Slice(p.Resources, func(i, j int) bool { return p.Resources[i].Name() < p.Resources[j].Name() })
+	p.MIG = res.Groups
 	return p
-}
-
-// wholeHealthy reports whether a GPU offered whole is healthy: a fault
-// scoped to one of its MIG devices (a MIG-enabled GPU offered whole under
-// migStrategy none) takes the whole GPU down, since the container gets all
-// of it.
-func wholeHealthy(g *gpu.GPU, unhealthy map[string]bool) bool {
-	if unhealthy[g.UUID] {
-		return false
-	}
-	for _, d := range g.MigDevices {
-		if unhealthy[d.UUID] {
-			return false
-		}
-	}
-	return true
-}
-
-// ResourceNames lists the plan's resource names.
-func (p *Plan) ResourceNames() []string {
-	names := make([]string, len(p.Resources))
-	for i, r := range p.Resources {
-		names[i] = r.Name()
-	}
-	return names
 }

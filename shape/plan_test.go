@@ -1,159 +1,95 @@
 package shape
 
 import (
-	"strconv"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpublocks/gpublocks/config"
 	"github.com/gpublocks/gpublocks/gpu"
 )
 
-func TestBuild(t *testing.T) {
-	// GPU 0 has MIG enabled with two 1g.10gb devices, GPU 1 has MIG disabled.
-	mixedNode := []gpu.GPU{migGPU(0, "1g.10gb", "1g.10gb"), migGPU(1)}
+// TestBuildMIG checks the plan's MIG groups: which devices are offered under
+// which resource name, as plain data (package plugin/resources turns them
+// into the device plugin's resources).
+func TestBuildMIG(t *testing.T) {
 	tests := map[string]struct {
-		gpus      []gpu.GPU
-		config    string
-		unhealthy []string
-		keep      map[string]string
-		// wantShapes are the GPUs' shapes in index order.
-		wantShapes []string
-		// wantDevices counts each resource's devices.
-		wantDevices map[string]int
-		// wantUnhealthy lists each resource's unhealthy devices; a resource
-		// left out has none.
-		wantUnhealthy map[string][]string
-		wantCDI       []string
-		wantWarning   string // a substring of one warning; "" = no warnings
-		wantReason    string // a substring of GPU 0's reason
+		gpus   []gpu.GPU
+		config string
+		// want maps each group's resource name to its devices, in the
+		// plan's order.
+		want    []string
+		profile map[string]string // each group's profile
 	}{
-		"GPU fault marks every MIG device on it": {
-			gpus: mixedNode, config: "migStrategy: mixed\n", unhealthy: []string{"GPU-a"},
-			wantShapes:    []string{MIG, Whole},
-			wantDevices:   map[string]int{"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 2},
-			wantUnhealthy: map[string][]string{"nvidia.com/mig-1g.10gb": {"GPU-a-MIG-0", "GPU-a-MIG-1"}},
-			wantCDI:       []string{"GPU-b"},
+		"mixed groups by profile": {
+			gpus:    []gpu.GPU{migGPU(0, "1g.10gb", "2g.20gb"), migGPU(1, "1g.10gb"), migGPU(2)},
+			config:  "migStrategy: mixed\n",
+			want:    []string{"nvidia.com/mig-1g.10gb: GPU-a-MIG-0 GPU-b-MIG-0", "nvidia.com/mig-2g.20gb: GPU-a-MIG-1"},
+			profile: map[string]string{"nvidia.com/mig-1g.10gb": "1g.10gb", "nvidia.com/mig-2g.20gb": "2g.20gb"},
 		},
-		"MIG fault marks only its device": {
-			gpus: mixedNode, config: "migStrategy: mixed\n", unhealthy: []string{"GPU-a-MIG-1"},
-			wantShapes:    []string{MIG, Whole},
-			wantDevices:   map[string]int{"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 2},
-			wantUnhealthy: map[string][]string{"nvidia.com/mig-1g.10gb": {"GPU-a-MIG-1"}},
-			wantCDI:       []string{"GPU-b"},
+		"single offers them as gpu": {
+			gpus:    []gpu.GPU{migGPU(0, "1g.10gb"), migGPU(1, "1g.10gb")},
+			config:  "migStrategy: single\n",
+			want:    []string{"nvidia.com/gpu: GPU-a-MIG-0 GPU-b-MIG-0"},
+			profile: map[string]string{"nvidia.com/gpu": "1g.10gb"},
 		},
-		"MIG fault under none marks the GPU offered whole": {
-			gpus: mixedNode, config: "migStrategy: none\n", unhealthy: []string{"GPU-a-MIG-1"},
-			wantShapes:    []string{Whole, Whole},
-			wantDevices:   map[string]int{"nvidia.com/gpu": 2},
-			wantUnhealthy: map[string][]string{"nvidia.com/gpu": {"GPU-a"}},
-			wantCDI:       []string{"GPU-a", "GPU-b"},
+		"resource domain names the groups": {
+			gpus:    []gpu.GPU{migGPU(0, "1g.10gb")},
+			config:  "migStrategy: mixed\nresourceDomain: example.com\n",
+			want:    []string{"example.com/mig-1g.10gb: GPU-a-MIG-0"},
+			profile: map[string]string{"example.com/mig-1g.10gb": "1g.10gb"},
 		},
-		"fault of another GPU's MIG device under none": {
-			gpus: []gpu.GPU{migGPU(0, "1g.10gb"), migGPU(1, "1g.10gb")}, config: "migStrategy: none\n", unhealthy: []string{"GPU-b-MIG-0"},
-			wantShapes:    []string{Whole, Whole},
-			wantDevices:   map[string]int{"nvidia.com/gpu": 2},
-			wantUnhealthy: map[string][]string{"nvidia.com/gpu": {"GPU-b"}},
-			wantCDI:       []string{"GPU-a", "GPU-b"},
+		"none offers no MIG devices": {
+			gpus:   []gpu.GPU{migGPU(0, "1g.10gb"), migGPU(1)},
+			config: "migStrategy: none\n",
 		},
-		"blocks fault marks the GPU's blocks": {
-			gpus: []gpu.GPU{migGPU(0), migGPU(1)}, config: "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n", unhealthy: []string{"GPU-b"},
-			wantShapes:  []string{Blocks, Blocks},
-			wantDevices: map[string]int{"nvidia.com/gpu-blocks": 200},
-			wantUnhealthy: map[string][]string{"nvidia.com/gpu-blocks": func() []string {
-				var ids []string
-				for n := range 100 {
-					ids = append(ids, "GPU-b::"+strconv.Itoa(n))
-				}
-				return ids
-			}()},
-			wantCDI: []string{"GPU-a", "GPU-b"},
-		},
-		"keep pins the old shape": {
-			gpus: []gpu.GPU{migGPU(0), migGPU(1)}, config: "gpus: [{match: {index: [0, 1]}, shape: blocks}]\n",
-			keep:        map[string]string{"GPU-a": Whole},
-			wantShapes:  []string{Whole, Blocks},
-			wantDevices: map[string]int{"nvidia.com/gpu": 1, "nvidia.com/gpu-blocks": 100},
-			wantCDI:     []string{"GPU-a", "GPU-b"},
-			wantReason:  "config asks blocks; kept whole while its devices are allocated",
-		},
-		"keep does not apply to MIG-enabled GPUs": {
-			gpus: mixedNode, config: "migStrategy: mixed\n", keep: map[string]string{"GPU-a": Blocks},
-			wantShapes:  []string{MIG, Whole},
-			wantDevices: map[string]int{"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 2},
-			wantCDI:     []string{"GPU-b"},
-		},
-		"single with a MIG-disabled GPU offers no MIG": {
-			gpus: mixedNode, config: "migStrategy: single\n",
-			wantShapes:  []string{None, Whole},
-			wantDevices: map[string]int{"nvidia.com/gpu": 1},
-			wantCDI:     []string{"GPU-b"},
-			wantWarning: "strategy single needs MIG enabled on every GPU",
-		},
-		"single offers MIG devices as gpu": {
-			gpus: []gpu.GPU{migGPU(0, "1g.10gb"), migGPU(1, "1g.10gb")}, config: "migStrategy: single\n", unhealthy: []string{"GPU-b-MIG-0"},
-			wantShapes:    []string{MIG, MIG},
-			wantDevices:   map[string]int{"nvidia.com/gpu": 2},
-			wantUnhealthy: map[string][]string{"nvidia.com/gpu": {"GPU-b-MIG-0"}},
-		},
-		"blocks asked of a MIG-enabled GPU": {
-			gpus: mixedNode, config: "gpus: [{match: {index: [0]}, shape: blocks}]\n",
-			wantShapes:  []string{MIG, Whole},
-			wantDevices: map[string]int{"nvidia.com/gpu": 1, "nvidia.com/mig-1g.10gb": 2},
-			wantCDI:     []string{"GPU-b"},
-			wantWarning: "MIG is enabled on this GPU: offered as MIG devices, not blocks",
-			wantReason:  "disable MIG to use blocks",
+		"single refused offers no MIG devices": {
+			gpus:   []gpu.GPU{migGPU(0, "1g.10gb"), migGPU(1)},
+			config: "migStrategy: single\n",
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(tc.config))
 			require.NoError(t, err)
-			unhealthy := map[string]bool{}
-			for _, id := range tc.unhealthy {
-				unhealthy[id] = true
-			}
-			p := Build(Input{
-				Inventory: &gpu.Inventory{GPUs: tc.gpus},
-				Config:    cfg,
-				Unhealthy: unhealthy,
-				Keep:      tc.keep,
-				Responders: func(string) Responder {
-					return func([]string) *pluginapi.ContainerAllocateResponse { return &pluginapi.ContainerAllocateResponse{} }
-				},
-			})
-
-			var shapes []string
-			for _, a := range p.GPUs {
-				shapes = append(shapes, a.Shape)
-			}
-			require.Equal(t, tc.wantShapes, shapes)
-			devices, bad := map[string]int{}, map[string][]string{}
-			for _, r := range p.Resources {
-				devices[r.Name()] = len(r.Devices())
-				for _, d := range r.Devices() {
-					if d.Health != pluginapi.Healthy {
-						bad[r.Name()] = append(bad[r.Name()], d.ID)
-					}
+			p := Build(Input{Inventory: &gpu.Inventory{GPUs: tc.gpus}, Config: cfg})
+			var got []string
+			profile := map[string]string{}
+			for _, g := range p.MIG {
+				ids := make([]string, len(g.Devices))
+				for i, d := range g.Devices {
+					ids[i] = d.UUID
 				}
+				got = append(got, g.Resource+": "+strings.Join(ids, " "))
+				profile[g.Resource] = g.Profile
 			}
-			require.Equal(t, tc.wantDevices, devices)
-			if tc.wantUnhealthy == nil {
-				tc.wantUnhealthy = map[string][]string{}
+			require.Equal(t, tc.want, got)
+			if tc.profile == nil {
+				tc.profile = map[string]string{}
 			}
-			require.Equal(t, tc.wantUnhealthy, bad)
-			require.Equal(t, tc.wantCDI, p.CDIGPUs)
-			if tc.wantWarning == "" {
-				require.Empty(t, p.Warnings)
-			} else {
-				require.Len(t, p.Warnings, 1)
-				require.Contains(t, p.Warnings[0], tc.wantWarning)
-			}
-			if tc.wantReason != "" {
-				require.Contains(t, p.GPUs[0].Reason, tc.wantReason)
-			}
+			require.Equal(t, tc.profile, profile)
 		})
+	}
+}
+
+// TestPlanningKnowsNoTransport keeps package shape free of the kubelet's
+// device-plugin API and of gpublocks' device-plugin framework (STYLE.md
+// "Planning knows no transport"): the device plugin and DRA both consume
+// the plan, so it is in neither's terms.
+func TestPlanningKnowsNoTransport(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go tool to list the package's dependencies: %v", err)
+	}
+	out, err := exec.Command(goTool, "list", "-deps", ".").CombinedOutput()
+	require.NoError(t, err, "go list -deps: %s", out)
+	for _, dep := range strings.Fields(string(out)) {
+		for _, banned := range []string{"k8s.io/kubelet/pkg/apis/deviceplugin", "github.com/gpublocks/gpublocks/plugin"} {
+			if dep == banned || strings.HasPrefix(dep, banned+"/") {
+				t.Errorf("package shape depends on %s; build device-plugin resources in package plugin/resources instead", dep)
+			}
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package shape
+package resources
 
 import (
 	"slices"
@@ -8,10 +8,6 @@ import (
 
 	"github.com/gpublocks/gpublocks/plugin"
 )
-
-// Responder builds the CDI/env part of an Allocate answer for the given CDI
-// device IDs (GPU or MIG UUIDs). It must return a fresh response per call.
-type Responder func(ids []string) *pluginapi.ContainerAllocateResponse
 
 // unit is one independently allocatable device: a whole GPU or a MIG device.
 type unit struct {
