@@ -351,35 +351,14 @@ func TestDRA(t *testing.T) {
 // 0.1 s, so only the count and the mean say anything here).
 func (d *draRun) logKubeletDRAMetrics() {
 	t := d.t
-	data, err := kubeletMetrics(d.ctx)
+	ops, err := kubeletDRAOps(d.ctx)
 	if err != nil {
 		t.Logf("kubelet metrics: %v", err)
 		return
 	}
-	sums, counts := map[string]float64{}, map[string]float64{}
-	for _, line := range strings.Split(string(data), "\n") {
-		var into map[string]float64
-		switch {
-		case strings.HasPrefix(line, "dra_grpc_operations_duration_seconds_sum{"):
-			into = sums
-		case strings.HasPrefix(line, "dra_grpc_operations_duration_seconds_count{"):
-			into = counts
-		default:
-			continue
-		}
-		m := grpcMethod.FindStringSubmatch(line)
-		f := strings.Fields(line)
-		if m == nil || len(f) < 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			into[m[1]] += v
-		}
-	}
 	for _, method := range []string{"NodePrepareResources", "NodeUnprepareResources"} {
-		if n := counts[method]; n > 0 {
-			t.Logf("kubelet → plugin %s: %.0f calls, mean %s (kubelet's dra_grpc_operations_duration_seconds)", method, n, time.Duration(sums[method]/n*float64(time.Second)).Round(time.Microsecond))
+		if o := ops[method]; o.count > 0 {
+			t.Logf("kubelet → plugin %s: %d calls, mean %s (kubelet's dra_grpc_operations_duration_seconds)", method, o.count, o.mean().Round(time.Microsecond))
 		} else {
 			t.Logf("kubelet → plugin %s: no calls in the kubelet's metrics", method)
 		}
