@@ -244,42 +244,60 @@ func (d *discovery) gpu(i int) (*GPU, error) {
 }
 
 // migProfiles reads the GPU instance profiles of a MIG-enabled GPU and their
-// possible placements: each profile go-nvlib can name, in the form with one
-// compute instance spanning the GPU instance. A profile NVML does not
-// support on this GPU is left out.
+// possible placements (VisitMigProfiles).
 func migProfiles(h nvml.Device, dev device.Device) ([]MigProfile, error) {
+	var out []MigProfile
+	err := VisitMigProfiles(h, dev, func(mp device.MigProfile, info nvml.GpuInstanceProfileInfo, placements []nvml.GpuInstancePlacement) error {
+		p := MigProfile{Name: mp.String(), MemoryMiB: info.MemorySizeMB}
+		for _, pl := range placements {
+			p.Placements = append(p.Placements, Placement{Start: int(pl.Start), Size: int(pl.Size)})
+		}
+		out = append(out, p)
+		return nil
+	})
+	return out, err
+}
+
+// VisitMigProfiles calls visit for each GPU instance profile of a
+// MIG-capable GPU that go-nvlib can name, in the form whose one compute
+// instance spans the GPU instance, with NVML's profile info and its
+// possible placements. A profile NVML does not support on this GPU, or
+// one with no placement, is skipped. Discovery and package mig's catalog
+// both read the GPU through it.
+func VisitMigProfiles(h nvml.Device, dev device.Device, visit func(device.MigProfile, nvml.GpuInstanceProfileInfo, []nvml.GpuInstancePlacement) error) error {
 	named, err := dev.GetMigProfiles()
 	if err != nil {
-		return nil, fmt.Errorf("listing MIG profiles: %w", err)
+		return fmt.Errorf("listing MIG profiles: %w", err)
 	}
-	var out []MigProfile
 	seen := map[int]bool{}
 	for _, mp := range named {
 		pi := mp.GetInfo()
+		// go-nvlib lists the compute instance profiles of each GPU
+		// instance profile; the one whose size equals the GPU
+		// instance's spans it.
 		if pi.C != pi.G || seen[pi.GIProfileID] {
 			continue
 		}
 		seen[pi.GIProfileID] = true
 		info, ret := h.GetGpuInstanceProfileInfo(pi.GIProfileID)
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("reading GPU instance profile %s: %w", mp, ret)
+			return fmt.Errorf("reading GPU instance profile %s: %w", mp, ret)
 		}
 		ps, ret := h.GetGpuInstancePossiblePlacements(&info)
 		switch {
 		case ret == nvml.ERROR_NOT_SUPPORTED:
-			continue
+			continue // a profile no instance can take here
 		case ret != nvml.SUCCESS:
-			return nil, fmt.Errorf("reading placements of %s: %w", mp, ret)
+			return fmt.Errorf("reading placements of %s: %w", mp, ret)
 		}
-		p := MigProfile{Name: mp.String(), MemoryMiB: info.MemorySizeMB}
-		for _, pl := range ps {
-			p.Placements = append(p.Placements, Placement{Start: int(pl.Start), Size: int(pl.Size)})
+		if len(ps) == 0 {
+			continue
 		}
-		if len(p.Placements) > 0 {
-			out = append(out, p)
+		if err := visit(mp, info, ps); err != nil {
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // migDevices fills g.MigDevices. Only an enumeration failure is returned; a

@@ -80,41 +80,19 @@ func ReadCatalog(dev nvml.Device) (*Catalog, error) {
 	if !capable {
 		return nil, fmt.Errorf("%w: %s", ErrNotCapable, name)
 	}
-	named, err := d.GetMigProfiles()
-	if err != nil {
-		return nil, fmt.Errorf("%s: listing MIG profiles: %w", name, err)
-	}
-	seen := map[int]bool{}
-	for _, mp := range named {
+	err = gpu.VisitMigProfiles(dev, d, func(mp device.MigProfile, info nvml.GpuInstanceProfileInfo, ps []nvml.GpuInstancePlacement) error {
 		pi := mp.GetInfo()
-		// go-nvlib lists the compute instance profiles of each GPU
-		// instance profile; the first whose size equals the GPU
-		// instance's is the one that spans it.
-		if pi.C != pi.G || seen[pi.GIProfileID] {
-			continue
-		}
-		seen[pi.GIProfileID] = true
-		info, ret := dev.GetGpuInstanceProfileInfo(pi.GIProfileID)
-		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("%s: reading GPU instance profile %s: %w", name, mp, ret)
-		}
-		ps, ret := dev.GetGpuInstancePossiblePlacements(&info)
-		switch {
-		case ret == nvml.ERROR_NOT_SUPPORTED:
-			continue // a profile no instance can take here
-		case ret != nvml.SUCCESS:
-			return nil, fmt.Errorf("%s: reading placements of %s: %w", name, mp, ret)
-		}
 		p := Profile{Name: mp.String(), Info: info, mp: mp, ciProfile: pi.CIProfileID, ciEngProfile: pi.CIEngProfileID}
 		for _, pl := range ps {
 			p.Placements = append(p.Placements, gpu.Placement{Start: int(pl.Start), Size: int(pl.Size)})
 			c.Slices = max(c.Slices, int(pl.Start+pl.Size))
 		}
-		if len(p.Placements) == 0 {
-			continue
-		}
 		c.ComputeSlices = max(c.ComputeSlices, int(info.SliceCount))
 		c.Profiles = append(c.Profiles, p)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if c.Slices > 32 {
 		return nil, fmt.Errorf("%s: NVML reports placements over %d memory slices; gpublocks handles at most 32", name, c.Slices)
