@@ -74,15 +74,7 @@ func TestDRA(t *testing.T) {
 		t.Logf("TestDRA took %s", time.Since(testStart).Round(time.Millisecond))
 	})
 
-	// The previous test's plugin pod may still be going; two plugins must
-	// never share the node's CDI directory.
-	require.NoError(t, cl.Wait(ctx, "no plugin pod left in "+namespace, podTimeout, func(ctx context.Context) (bool, error) {
-		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
-		return err == nil && len(pods.Items) == 0, nil
-	}))
-	require.NoError(t, cl.ImportImage(ctx, imageArchive))
-	require.NoError(t, cl.LabelNode(ctx, map[string]string{"gpublocks.io/enabled": "true"}))
-	slicesSeen := startPoolWatch(t, ctx)
+	slicesSeen := readyForDRA(t, ctx)
 	// Fault injection for the simulated GPUs, on loopback: the plugin runs
 	// on the host network, so the test reaches it there.
 	simAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
@@ -91,20 +83,12 @@ func TestDRA(t *testing.T) {
 	var dsPod *v1.Pod
 	t.Run("the DaemonSet becomes Ready and publishes the node's slices", func(t *testing.T) {
 		d.t = t
-		out, err := cl.InstallChart(ctx, release, namespace, chart, map[string]any{
-			"kubeletAPI":  "dra",
-			"extraArgs":   []string{"--simulate=dgxa100", "--simulate-addr=" + simAddr},
-			"hostNetwork": true,
-			"extraEnv": []map[string]string{
-				{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-				{"name": "KUBERNETES_SERVICE_PORT", "value": strconv.Itoa(cl.APIServerPort)},
-			},
-			"metrics": map[string]any{"port": freePort(t)},
-			// A faulted GPU recovers a second after its last fault (once
-			// its probe passes), so the XID step can fault and watch
-			// recovery within the test's time.
-			"config": map[string]any{"default": map[string]any{"health": map[string]any{"quietPeriod": "1s"}}},
-		})
+		values := draValues(t, "--simulate=dgxa100", "--simulate-addr="+simAddr)
+		// A faulted GPU recovers a second after its last fault (once its
+		// probe passes), so the XID step can fault and watch recovery
+		// within the test's time.
+		values["config"] = map[string]any{"default": map[string]any{"health": map[string]any{"quietPeriod": "1s"}}}
+		out, err := cl.InstallChart(ctx, release, namespace, chart, values)
 		require.NoError(t, err, out)
 		start := time.Now()
 		dsPod = waitDaemonSetReady(t, ctx, "")
@@ -951,6 +935,36 @@ func deleteDRAPods(ctx context.Context) error {
 
 // cleanupDRA leaves the cluster as the test found it: pods, claim
 // templates and the release gone, then the node's slices of the driver.
+// readyForDRA waits until no plugin pod of an earlier test is left (two
+// plugins must never share the node's CDI directory), imports the image,
+// labels the node for the DaemonSet and starts watching its pool.
+func readyForDRA(t *testing.T, ctx context.Context) *poolWatch {
+	t.Helper()
+	require.NoError(t, cl.Wait(ctx, "no plugin pod left in "+namespace, podTimeout, func(ctx context.Context) (bool, error) {
+		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+		return err == nil && len(pods.Items) == 0, nil
+	}))
+	require.NoError(t, cl.ImportImage(ctx, imageArchive))
+	require.NoError(t, cl.LabelNode(ctx, map[string]string{"gpublocks.io/enabled": "true"}))
+	return startPoolWatch(t, ctx)
+}
+
+// draValues are the chart values of a DRA-mode install with args: the
+// plugin on the host network (the test reaches fault injection on
+// loopback), told where the API server is, metrics on a free port.
+func draValues(t *testing.T, args ...string) map[string]any {
+	return map[string]any{
+		"kubeletAPI":  "dra",
+		"extraArgs":   args,
+		"hostNetwork": true,
+		"extraEnv": []map[string]string{
+			{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+			{"name": "KUBERNETES_SERVICE_PORT", "value": strconv.Itoa(cl.APIServerPort)},
+		},
+		"metrics": map[string]any{"port": freePort(t)},
+	}
+}
+
 func cleanupDRA(t *testing.T, ctx context.Context) {
 	sel := metav1.ListOptions{LabelSelector: draLabel + "=dra"}
 	if err := deleteDRAPods(ctx); err != nil {

@@ -90,31 +90,14 @@ func TestDRAMIG(t *testing.T) {
 		t.Logf("TestDRAMIG took %s", time.Since(testStart).Round(time.Millisecond))
 	})
 
-	// The previous test's plugin pod may still be going; two plugins must
-	// never share the node's CDI directory.
-	require.NoError(t, cl.Wait(ctx, "no plugin pod left in "+namespace, podTimeout, func(ctx context.Context) (bool, error) {
-		pods, err := cl.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
-		return err == nil && len(pods.Items) == 0, nil
-	}))
-	require.NoError(t, cl.ImportImage(ctx, imageArchive))
-	require.NoError(t, cl.LabelNode(ctx, map[string]string{"gpublocks.io/enabled": "true"}))
-	pool := startPoolWatch(t, ctx)
+	pool := readyForDRA(t, ctx)
 	d := &draRun{t: t, ctx: ctx, pool: pool, shares: map[string]claimShare{}}
 
 	var offered poolState // the pool before any claim
 	var parentUUID string
 	t.Run("the MIG GPU offers every free 1g.10gb placement without a uuid", func(t *testing.T) {
 		d.t = t
-		out, err := cl.InstallChart(ctx, release, namespace, chart, map[string]any{
-			"kubeletAPI":  "dra",
-			"extraArgs":   []string{"--simulate=/host" + simFile},
-			"hostNetwork": true,
-			"extraEnv": []map[string]string{
-				{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-				{"name": "KUBERNETES_SERVICE_PORT", "value": strconv.Itoa(cl.APIServerPort)},
-			},
-			"metrics": map[string]any{"port": freePort(t)},
-		})
+		out, err := cl.InstallChart(ctx, release, namespace, chart, draValues(t, "--simulate=/host"+simFile))
 		require.NoError(t, err, out)
 		dsPod := waitDaemonSetReady(t, ctx, "")
 		began, err := processStart(d.pluginPID(dsPod))
