@@ -104,6 +104,15 @@ func (f *fakePodResources) List(context.Context, *podresourcesapi.ListPodResourc
 
 func startPodResources(t *testing.T) (*fakePodResources, string) {
 	t.Helper()
+	f := &fakePodResources{}
+	return f, servePodResources(t, f)
+}
+
+// servePodResources serves lister as the kubelet's PodResources API on a
+// socket of its own (a short path: unix socket paths are limited) until
+// the test ends, and returns the socket.
+func servePodResources(t testing.TB, lister podresourcesapi.PodResourcesListerServer) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "gbpr")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
@@ -111,11 +120,10 @@ func startPodResources(t *testing.T) (*fakePodResources, string) {
 	lis, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	srv := grpc.NewServer()
-	f := &fakePodResources{}
-	podresourcesapi.RegisterPodResourcesListerServer(srv, f)
+	podresourcesapi.RegisterPodResourcesListerServer(srv, lister)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
-	return f, sock
+	return sock
 }
 
 func TestShapeChangeDeferredWhileAllocated(t *testing.T) {

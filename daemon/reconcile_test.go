@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpublocks/gpublocks/blocks"
@@ -314,18 +312,8 @@ func (h *heldPodResources) List(ctx context.Context, req *podresourcesapi.ListPo
 
 func startHeldPodResources(t testing.TB) (*heldPodResources, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "gbpr")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "kubelet.sock")
-	lis, err := net.Listen("unix", sock)
-	require.NoError(t, err)
-	srv := grpc.NewServer()
 	h := &heldPodResources{fakePodResources: &fakePodResources{}}
-	podresourcesapi.RegisterPodResourcesListerServer(srv, h)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return h, sock
+	return h, servePodResources(t, h)
 }
 
 func TestHungPodResourcesStallsNeitherHealthNorPing(t *testing.T) {
